@@ -1,0 +1,62 @@
+//! Route → service dispatch: the engine side of the route table.
+
+use serde_json::{Value, json};
+
+use crate::routes::{PathParams, RouteId};
+use crate::{Error, ErrorKind};
+
+use super::Engine;
+use super::auth::authorize;
+
+#[tracing::instrument(level = "debug", skip(engine, token, body), fields(route = ?route))]
+pub(crate) async fn call(
+    engine: &Engine,
+    route: RouteId,
+    token: Option<&str>,
+    params: &PathParams,
+    body: Option<Value>,
+) -> crate::Result<Value> {
+    let spec = route.spec();
+    let ctx = authorize(engine, spec.auth, token, params.project.as_deref()).await?;
+    let backend = params.backend.as_deref().unwrap_or_default();
+    use RouteId::*;
+    match route {
+        ServerGetInfo => Ok(json!({ "server_version": crate::SERVER_VERSION })),
+        BackendsListTypes => Ok(json!(crate::engine::services::backends::available_types())),
+
+        UsersList => engine.users_list(&ctx, body).await,
+        UsersGetMyUser => engine.users_get_my_user(&ctx).await,
+        UsersGetUser => engine.users_get_user(&ctx, body).await,
+        UsersCreate => engine.users_create(&ctx, body).await,
+        UsersUpdate => engine.users_update(&ctx, body).await,
+        UsersRefreshToken => engine.users_refresh_token(&ctx, body).await,
+        UsersRefreshSshKey => engine.users_refresh_ssh_key(&ctx, body).await,
+        UsersDelete => engine.users_delete(&ctx, body).await,
+
+        ProjectsList => engine.projects_list(&ctx, body).await,
+        ProjectsListOnlyNoFleets => engine.projects_list_only_no_fleets(&ctx).await,
+        ProjectsCreate => engine.projects_create(&ctx, body).await,
+        ProjectsDelete => engine.projects_delete(&ctx, body).await,
+        ProjectsGet => engine.projects_get(&ctx).await,
+        ProjectsSetMembers => engine.projects_set_members(&ctx, body).await,
+        ProjectsAddMembers => engine.projects_add_members(&ctx, body).await,
+        ProjectsRemoveMembers => engine.projects_remove_members(&ctx, body).await,
+        ProjectsUpdate => engine.projects_update(&ctx, body).await,
+
+        BackendsCreate => engine.backends_create(&ctx, body, false).await,
+        BackendsUpdate => engine.backends_create(&ctx, body, true).await,
+        BackendsDelete => engine.backends_delete(&ctx, body).await,
+        BackendsConfigInfo => engine.backends_config_info(&ctx, backend).await,
+        BackendsCreateYaml => engine.backends_yaml(&ctx, body, false).await,
+        BackendsUpdateYaml => engine.backends_yaml(&ctx, body, true).await,
+        BackendsGetYaml => engine.backends_get_yaml(&ctx, backend).await,
+
+        SecretsList => engine.secrets_list(&ctx).await,
+        SecretsGet => engine.secrets_get(&ctx, body).await,
+        SecretsCreateOrUpdate => engine.secrets_create_or_update(&ctx, body).await,
+        SecretsDelete => engine.secrets_delete(&ctx, body).await,
+
+        #[allow(unreachable_patterns)]
+        _ => Err(Error::new(ErrorKind::Internal, format!("route {route:?} is not implemented"))),
+    }
+}

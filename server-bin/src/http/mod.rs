@@ -1,0 +1,87 @@
+//! The HTTP front: every row of [`dstack_sdk::routes::ROUTES`] becomes one POST handler that
+//! extracts the bearer token, path parameters and JSON body, calls
+//! [`Engine::call`](dstack_sdk::engine::Engine::call), and renders the result or the error in
+//! dstack's shapes. There is no per-route code here.
+
+mod errors;
+mod server;
+mod version;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dstack_sdk::engine::Engine;
+use dstack_sdk::routes::{PathParams, ROUTES, RouteId};
+
+
+/// Request bodies larger than this get 413 (code uploads have their own, larger limit).
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Engine,
+}
+
+impl AppState {
+    /// State around an opened engine.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+/// Builds the router with every route and middleware.
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new().route("/healthcheck", get(server::healthcheck));
+    for spec in ROUTES {
+        let id = spec.id;
+        app = app.route(
+            spec.path,
+            post(
+                move |State(st): State<AppState>,
+                      Path(params): Path<HashMap<String, String>>,
+                      headers: HeaderMap,
+                      body: Bytes| async move { handle(st, id, params, headers, body).await },
+            ),
+        );
+    }
+    app.fallback(server::not_found)
+        .layer(axum::middleware::from_fn(version::check_client_version))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn handle(
+    st: AppState,
+    id: RouteId,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Some(v),
+            Err(e) => return errors::json_decode_error(&e).into_response(),
+        }
+    };
+    let params = PathParams {
+        project: params.get("project").cloned(),
+        backend: params.get("backend").cloned(),
+    };
+    match st.engine.call(id, token, &params, body).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => errors::render(&e).into_response(),
+    }
+}

@@ -1,0 +1,100 @@
+"""Shared pytest fixtures for the oracle tests (real dstack / gpuhunt vs. our code).
+
+Our side is exercised through the dstack-sdk examples, built once per session with cargo.
+"""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SHARED = pathlib.Path(os.environ.get("DSTACK_SHARED_DIR", ROOT.parent / "shared"))
+
+
+def target_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+
+
+_built: dict[str, pathlib.Path] = {}
+
+
+def build_example(name: str) -> pathlib.Path:
+    """Builds `cargo --example NAME` of dstack-sdk (debug) and returns the binary's path."""
+    if name not in _built:
+        subprocess.run(
+            ["cargo", "build", "-q", "-p", "dstack-sdk", "--example", name],
+            cwd=ROOT,
+            check=True,
+        )
+        _built[name] = target_dir() / "debug" / "examples" / name
+    return _built[name]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    assert SHARED.is_dir(), f"shared/ reference folder not found at {SHARED}"
+    return SHARED
+
+
+def build_server() -> pathlib.Path:
+    """Builds our `dstack-server` binary (debug) and returns its path
+    (`DSTACK_SERVER_BIN` names a prebuilt one instead)."""
+    if os.environ.get("DSTACK_SERVER_BIN"):
+        return pathlib.Path(os.environ["DSTACK_SERVER_BIN"])
+    if "dstack-server" not in _built:
+        subprocess.run(
+            ["cargo", "build", "-q", "-p", "server-bin", "--bin", "dstack-server"],
+            cwd=ROOT,
+            check=True,
+        )
+        _built["dstack-server"] = target_dir() / "debug" / "dstack-server"
+    return _built["dstack-server"]
+
+
+@pytest.fixture()
+def our_server(tmp_path):
+    """Our server on a free loopback port in a throwaway server dir and HOME.
+
+    Yields a dict with url, token, home (the HOME the CLI should use) and env.
+    """
+    import socket
+    import time
+    import urllib.request
+
+    binary = build_server()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    token = "peer-admin-token"
+    env = dict(os.environ)
+    env.update(
+        HOME=str(home),
+        DSTACK_SERVER_DIR=str(tmp_path / "server"),
+        DSTACK_SERVER_PORT=str(port),
+        DSTACK_SERVER_HOST="127.0.0.1",
+        DSTACK_SERVER_ADMIN_TOKEN=token,
+        DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT="1",
+    )
+    proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthcheck", timeout=1) as r:
+                if b"running" in r.read():
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            proc.kill()
+            raise RuntimeError(f"our server did not start:\n{out}")
+        time.sleep(0.1)
+    try:
+        yield {"url": url, "token": token, "home": home, "env": env, "proc": proc}
+    finally:
+        proc.kill()
+        proc.wait()
