@@ -98,3 +98,52 @@ def our_server(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture()
+def python_server(tmp_path):
+    """The real dstack server (the oracle venv's `dstack server`) on a free loopback port."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "pyhome"
+    home.mkdir()
+    token = "peer-admin-token"
+    env = dict(os.environ)
+    env.update(
+        HOME=str(home),
+        DSTACK_SERVER_DIR=str(tmp_path / "pyserver"),
+        DSTACK_SERVER_ADMIN_TOKEN=token,
+        DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT="1",
+        DSTACK_SERVER_BACKGROUND_PROCESSING_DISABLED="1",
+    )
+    dstack = pathlib.Path(sys.executable).parent / "dstack"
+    proc = subprocess.Popen(
+        [str(dstack), "server", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthcheck", timeout=1) as r:
+                if b"running" in r.read():
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("the real dstack server did not start")
+        time.sleep(0.2)
+    try:
+        yield {"url": url, "token": token, "home": home, "env": env, "proc": proc}
+    finally:
+        proc.kill()
+        proc.wait()

@@ -9,7 +9,9 @@ dstack would dump (`model_dump(mode="json")`), or `None` when `kind` is not one 
 * ``backend_config``: a backend config with credentials (a mapping, or YAML text), validated as
   ``backends/create`` and ``create_yaml`` validate it (``BackendConfigWithCreds``);
 * ``backend_config_no_creds``: a backend config without credentials, as ``BackendInfo.config``
-  validates it (``AnyBackendConfigWithoutCreds``).
+  validates it (``AnyBackendConfigWithoutCreds``);
+* ``wire:<Model>`` (``wire:Run``, ``wire:User``, ...): an API response body, read as a client
+  reads it (unknown keys ignored) and dumped as the server sends it.
 
 Invalid input raises (pydantic ``ValidationError``, ``yaml.YAMLError``, ``ValueError``).
 """
@@ -20,6 +22,24 @@ import yaml
 
 KINDS = ("server_config", "backend_config", "backend_config_no_creds")
 
+# `wire:<name>` kinds: the dstack model each name stands for (module, class).
+WIRE_MODELS = {
+    "User": ("users", "User"),
+    "UserWithCreds": ("users", "UserWithCreds"),
+    "Project": ("projects", "Project"),
+    "Member": ("projects", "Member"),
+    "Secret": ("secrets", "Secret"),
+    "Instance": ("instances", "Instance"),
+    "InstanceOfferWithAvailability": ("instances", "InstanceOfferWithAvailability"),
+    "JobSpec": ("runs", "JobSpec"),
+    "JobSubmission": ("runs", "JobSubmission"),
+    "JobProvisioningData": ("runs", "JobProvisioningData"),
+    "Job": ("runs", "Job"),
+    "Run": ("runs", "Run"),
+    "RunPlan": ("runs", "RunPlan"),
+    "JobSubmissionLogs": ("logs", "JobSubmissionLogs"),
+}
+
 
 def _load(input: Any) -> Any:
     if isinstance(input, str):
@@ -27,7 +47,21 @@ def _load(input: Any) -> Any:
     return input
 
 
+def _wire(name: str, input: Any) -> Optional[dict]:
+    import importlib
+
+    from dstack._internal.core.models.common import validate_extra_ignore
+
+    if name not in WIRE_MODELS:
+        return None
+    module, cls = WIRE_MODELS[name]
+    model = getattr(importlib.import_module(f"dstack._internal.core.models.{module}"), cls)
+    return validate_extra_ignore(model, input).model_dump(mode="json")
+
+
 def normalize(kind: str, input: Any) -> Optional[dict]:
+    if kind.startswith("wire:"):
+        return _wire(kind[len("wire:"):], input)
     if kind not in KINDS:
         return None
     # Imported lazily: the server modules are heavy and only these kinds need them.

@@ -325,14 +325,11 @@ impl ApiError {
                     .and_then(|d| d.fields.as_ref())
                     .map(|f| f.iter().map(String::as_str).collect())
                     .unwrap_or_default();
-                if fields.is_empty() {
+                // `Error` carries field paths only for validation errors.
+                if fields.is_empty() || code.kind() != ErrorKind::Validation {
                     Error::new(code.kind(), msg)
                 } else {
-                    let mut e = Error::validation(&fields, msg);
-                    if code.kind() != ErrorKind::Validation {
-                        e = Error::new(code.kind(), e.message().to_string());
-                    }
-                    e
+                    Error::validation(&fields, msg)
                 }
             }
             ApiError::ForbiddenUnwrapped(d) => Error::new(ErrorKind::Forbidden, d.msg.clone()),

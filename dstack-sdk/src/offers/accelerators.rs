@@ -49,6 +49,11 @@ impl AcceleratorVendor {
     /// Parses a vendor name the way gpuhunt's `AcceleratorVendor.cast` does: lowercased, then
     /// exact. Aliases such as `tpu` or `tt` (a dstack spec feature) are *not* accepted.
     pub fn parse(value: &str) -> Option<Self> {
+        if value.is_ascii() {
+            return Self::ALL
+                .into_iter()
+                .find(|v| v.as_str().eq_ignore_ascii_case(value));
+        }
         let lower = value.to_lowercase();
         Self::ALL.into_iter().find(|v| v.as_str() == lower)
     }

@@ -73,11 +73,16 @@ impl CpuArchitecture {
 
     /// Parses like gpuhunt's `CPUArchitecture.cast`: lowercased, then exact.
     pub fn parse(value: &str) -> Option<Self> {
-        match value.to_lowercase().as_str() {
-            "x86" => Some(CpuArchitecture::X86),
-            "arm" => Some(CpuArchitecture::Arm),
-            _ => None,
-        }
+        let lower;
+        let value = if value.is_ascii() {
+            value
+        } else {
+            lower = value.to_lowercase();
+            &lower
+        };
+        [CpuArchitecture::X86, CpuArchitecture::Arm]
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(value))
     }
 }
 
@@ -419,9 +424,11 @@ fn parse_chunk(
         .flexible(true)
         .has_headers(false)
         .from_reader(data);
+    let newlines = count_newlines(data);
     let mut out = ChunkOutput {
-        newlines: count_newlines(data),
-        ..ChunkOutput::default()
+        items: Vec::with_capacity(usize::try_from(newlines).unwrap_or(0) + 1),
+        skipped: Vec::new(),
+        newlines,
     };
     let mut record = csv::StringRecord::new();
     while reader
@@ -453,7 +460,9 @@ pub(crate) fn parse_catalog_csvs(inputs: &[CsvInput<'_>]) -> Vec<Result<ParsedCs
         inputs.iter().map(prepare_csv).collect();
     let total: usize = inputs.iter().map(|i| i.data.len()).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let target = (total / (threads * 4)).max(MIN_CHUNK_BYTES);
+    // One share per thread: a file is split only when it alone would outweigh a thread's
+    // share (splitting costs a copy when the pieces are joined).
+    let target = (total / threads).max(MIN_CHUNK_BYTES);
     let mut chunks = Vec::new();
     for (file, p) in prepared.iter().enumerate() {
         if let Ok(p) = p {
@@ -476,11 +485,21 @@ pub(crate) fn parse_catalog_csvs(inputs: &[CsvInput<'_>]) -> Vec<Result<ParsedCs
         by_chunk[i] = Some(out);
     }
 
+    // Line numbers: each file's chunks follow each other from its first data line.
+    let mut next_line: Vec<u64> = prepared
+        .iter()
+        .map(|p| p.as_ref().map_or(1, |p| p.body_line))
+        .collect();
     let mut results: Vec<Result<ParsedCsv, CatalogError>> = prepared
         .into_iter()
         .map(|p| p.map(|_| ParsedCsv::default()))
         .collect();
-    let mut next_line: Vec<u64> = vec![0; inputs.len()];
+    let mut expected: Vec<usize> = vec![0; inputs.len()];
+    for (chunk, out) in chunks.iter().zip(&by_chunk) {
+        if let Some(Ok(out)) = out {
+            expected[chunk.file] += out.items.len();
+        }
+    }
     for (chunk, out) in chunks.iter().zip(by_chunk) {
         let Some(out) = out else { continue };
         let slot = &mut results[chunk.file];
@@ -488,16 +507,19 @@ pub(crate) fn parse_catalog_csvs(inputs: &[CsvInput<'_>]) -> Vec<Result<ParsedCs
         match out {
             Err(e) => *slot = Err(e),
             Ok(mut out) => {
-                let first_line = if next_line[chunk.file] == 0 {
-                    1 + count_newlines(&inputs[chunk.file].data[..chunk.start])
-                } else {
-                    next_line[chunk.file]
-                };
+                let first_line = next_line[chunk.file];
                 next_line[chunk.file] = first_line + out.newlines;
                 for skipped in &mut out.skipped {
                     skipped.line += first_line - 1;
                 }
-                parsed.items.append(&mut out.items);
+                if parsed.items.is_empty() {
+                    parsed.items = out.items;
+                    parsed
+                        .items
+                        .reserve(expected[chunk.file] - parsed.items.len());
+                } else {
+                    parsed.items.append(&mut out.items);
+                }
                 parsed.skipped.append(&mut out.skipped);
             }
         }

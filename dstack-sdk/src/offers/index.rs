@@ -139,9 +139,11 @@ const MAX_CHECKPOINTS: usize = 64;
 /// A range-searchable column: keys sorted with their rows, plus prefix checkpoints.
 #[derive(Debug, Clone)]
 struct RangeColumn<K> {
-    /// Keys in ascending order (no NaN).
+    /// The distinct keys in ascending order (no NaN).
     keys: Vec<K>,
-    /// `rows[i]` holds `keys[i]`.
+    /// `starts[i]`: the first sorted position holding `keys[i]`; then `rows.len()`.
+    starts: Vec<u32>,
+    /// Row ids sorted by key.
     rows: Vec<u32>,
     step: usize,
     /// `checkpoints[j]`: the rows at sorted positions `< min(j * step, keys.len())`.
@@ -168,8 +170,18 @@ impl<K: PartialOrd + Copy> RangeColumn<K> {
             }
         }
         let always_count = always.count();
+        let mut keys = Vec::new();
+        let mut starts = Vec::new();
+        for (pos, &(k, _)) in pairs.iter().enumerate() {
+            if keys.last().is_none_or(|last| *last < k) {
+                keys.push(k);
+                starts.push(pos as u32);
+            }
+        }
+        starts.push(len as u32);
         Self {
-            keys: pairs.iter().map(|p| p.0).collect(),
+            keys,
+            starts,
             rows: pairs.iter().map(|p| p.1).collect(),
             step,
             checkpoints,
@@ -182,7 +194,7 @@ impl<K: PartialOrd + Copy> RangeColumn<K> {
     /// The nearest checkpoint to sorted position `x`, and the position it covers.
     fn nearest(&self, x: usize) -> (usize, usize) {
         let j = ((x + self.step / 2) / self.step).min(self.checkpoints.len() - 1);
-        (j, (j * self.step).min(self.keys.len()))
+        (j, (j * self.step).min(self.rows.len()))
     }
 
     /// `acc &= rows at sorted positions < x`.
@@ -225,11 +237,12 @@ impl<K: PartialOrd + Copy> RangeColumn<K> {
 
     /// `acc &= rows whose key lies in [lo, hi] (inclusive; None = open), or that always pass`.
     fn and_range(&self, acc: &mut Bitset, lo: Option<K>, hi: Option<K>, keep: &mut Vec<u32>) {
-        let len = self.keys.len();
-        // First position not below `lo`, first position above `hi`: Python's `value < lo` /
+        let len = self.rows.len();
+        // First sorted position not below `lo`, first above `hi`: Python's `value < lo` /
         // `value > hi` failures (keys hold no NaN, so `<=` is `not >`).
-        let a = lo.map_or(0, |lo| self.keys.partition_point(|k| *k < lo));
-        let b = hi.map_or(len, |hi| self.keys.partition_point(|k| *k <= hi));
+        let at = |distinct: usize| self.starts[distinct] as usize;
+        let a = lo.map_or(0, |lo| at(self.keys.partition_point(|k| *k < lo)));
+        let b = hi.map_or(len, |hi| at(self.keys.partition_point(|k| *k <= hi)));
         let saved = self.has_always.then(|| acc.and(&self.always));
         if a >= b {
             acc.clear_all();
@@ -248,6 +261,7 @@ impl<K: PartialOrd + Copy> RangeColumn<K> {
 
     fn heap_bytes(&self) -> usize {
         self.keys.len() * std::mem::size_of::<K>()
+            + self.starts.len() * 4
             + self.rows.len() * 4
             + self
                 .checkpoints
@@ -258,55 +272,54 @@ impl<K: PartialOrd + Copy> RangeColumn<K> {
     }
 }
 
-/// A row's key in a range column.
-#[derive(Debug, Clone, Copy)]
-enum Key<K> {
-    /// A comparable value.
-    Value(K),
-    /// Passes every bound: NaN (Python's comparisons with NaN are all false), or a missing
-    /// value that is never filtered (disk size).
-    Always,
-    /// No value: fails every bound (compute capability of a non-NVIDIA or unknown GPU).
-    Missing,
-}
-
-impl Key<f64> {
-    fn of(value: f64) -> Self {
-        if value.is_nan() {
-            Key::Always
-        } else {
-            Key::Value(value)
-        }
-    }
-}
-
-/// The range columns over items, in the order of the index's fields.
-const RANGE_COLUMNS: [fn(&CatalogItem) -> Key<f64>; 7] = [
-    |i| Key::of(i.price),
-    |i| Key::of(i.cpu as f64),
-    |i| Key::of(i.memory),
-    |i| Key::of(i.gpu_count as f64),
-    |i| Key::of(effective_gpu_memory(i.gpu_count, i.gpu_memory).0),
-    |i| Key::of(effective_gpu_memory(i.gpu_count, i.gpu_memory).1),
-    |i| i.disk_size.map_or(Key::Always, Key::of),
-];
-
-/// Builds one range column from the rows' keys.
-fn range_column<K: PartialOrd + Copy>(
-    keys: impl Iterator<Item = Key<K>>,
-    n_rows: usize,
-) -> RangeColumn<K> {
+/// Builds a range column from per-row keys; NaN keys pass every bound (Python's comparisons
+/// with NaN are all false, and a missing disk size is never filtered, so it is stored as NaN).
+fn float_column(keys: &[f64]) -> RangeColumn<f64> {
+    let n_rows = keys.len();
     let mut pairs = Vec::with_capacity(n_rows);
     let mut always = Bitset::zeros(n_rows);
-    for (row, key) in keys.enumerate() {
-        match key {
-            Key::Value(k) => pairs.push((k, row as u32)),
-            Key::Always => always.set(row),
-            Key::Missing => {}
+    for (row, &k) in keys.iter().enumerate() {
+        if k.is_nan() {
+            always.set(row);
+        } else {
+            pairs.push((k, row as u32));
         }
     }
     RangeColumn::build(pairs, n_rows, always)
 }
+
+/// Builds the compute-capability column; rows without a capability fail every bound.
+fn cc_column(keys: &[Option<u64>]) -> RangeColumn<u64> {
+    let pairs = keys
+        .iter()
+        .enumerate()
+        .filter_map(|(row, k)| k.map(|k| (k, row as u32)))
+        .collect();
+    RangeColumn::build(pairs, keys.len(), Bitset::zeros(keys.len()))
+}
+
+/// FNV-1a: a fast hasher for the short strings interned while building the index.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// Per-provider facts of the index.
 #[derive(Debug, Clone)]
@@ -383,11 +396,14 @@ impl CatalogIndex {
             .collect();
         // GPU names are interned: each distinct spelling is lowercased and its compute
         // capability resolved once. `name_ids`: spelling → (rows of its lowercase form, CC).
-        let mut name_ids: HashMap<&str, (usize, Option<u64>)> = HashMap::new();
-        let mut lower_ids: HashMap<String, usize> = HashMap::new();
+        let mut name_ids: FnvMap<&str, (usize, Option<u64>)> = FnvMap::default();
+        let mut lower_ids: FnvMap<String, usize> = FnvMap::default();
         let mut name_rows: Vec<Bitset> = Vec::new();
-        let mut flags: HashMap<&str, Bitset> = HashMap::new();
+        let mut flags: FnvMap<&str, Bitset> = FnvMap::default();
         let mut cc_keys: Vec<Option<u64>> = Vec::with_capacity(n);
+        // Range-column keys, gathered in one pass: price, cpu, memory, gpu count, per-GPU and
+        // total GPU memory, disk (NaN = passes every bound).
+        let mut keys: [Vec<f64>; 7] = std::array::from_fn(|_| Vec::with_capacity(n));
 
         for (row, item) in items.iter().enumerate() {
             provider_rows[merged[row].provider as usize].set(row);
@@ -423,6 +439,19 @@ impl CatalogIndex {
                 }
             }
             cc_keys.push(cc);
+            let (per_gpu, all_gpus) = effective_gpu_memory(item.gpu_count, item.gpu_memory);
+            let row_keys = [
+                item.price,
+                item.cpu as f64,
+                item.memory,
+                item.gpu_count as f64,
+                per_gpu,
+                all_gpus,
+                item.disk_size.unwrap_or(f64::NAN),
+            ];
+            for (column, key) in keys.iter_mut().zip(row_keys) {
+                column.push(key);
+            }
             for flag in &item.flags {
                 flags
                     .entry(flag)
@@ -432,19 +461,10 @@ impl CatalogIndex {
         }
 
         let (mut ranges, compute_capability) = std::thread::scope(|scope| {
-            let cc = scope.spawn(|| {
-                range_column(
-                    cc_keys.iter().map(|k| k.map_or(Key::Missing, Key::Value)),
-                    n,
-                )
-            });
-            let ranges = parallel_map(&RANGE_COLUMNS, |key_of| {
-                range_column(items.iter().map(|i| key_of(i)), n)
-            });
-            (
-                ranges,
-                cc.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            )
+            let cc = scope.spawn(|| cc_column(&cc_keys));
+            let ranges = parallel_map(&keys, |column| float_column(column));
+            let cc = cc.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (ranges, cc)
         });
         let mut take = || ranges.remove(0);
         let (price, cpu, memory, gpu_count) = (take(), take(), take(), take());

@@ -119,7 +119,9 @@ pub fn validate_unix_user(s: &str) -> Result<(), String> {
         if p.is_empty() {
             return Err(format!("empty {what} name or id"));
         }
-        if let Some(n) = super::lax::py_int(p) && n < 0 {
+        if let Some(n) = super::lax::py_int(p)
+            && n < 0
+        {
             return Err(format!("negative {id} {n}"));
         }
         Ok(())
@@ -127,7 +129,9 @@ pub fn validate_unix_user(s: &str) -> Result<(), String> {
     if let Err(m) = check(parts[0], "user", "uid") {
         return err(m);
     }
-    if let Some(g) = parts.get(1) && let Err(m) = check(g, "group", "gid") {
+    if let Some(g) = parts.get(1)
+        && let Err(m) = check(g, "group", "gid")
+    {
         return err(m);
     }
     Ok(())
@@ -795,7 +799,10 @@ pub fn dev_environment_from_value(
     if version.as_deref().is_some_and(|s| !s.is_empty()) && ide.is_none() {
         return cx.fail("`version` requires `ide` to be set");
     }
-    if let (Some(Ide::Windsurf), Some(ver)) = (ide, version.as_deref()) && !ver.is_empty() && !re_match(&WINDSURF_VERSION_RE, ver) {
+    if let (Some(Ide::Windsurf), Some(ver)) = (ide, version.as_deref())
+        && !ver.is_empty()
+        && !re_match(&WINDSURF_VERSION_RE, ver)
+    {
         return cx.fail(format!(
             "Invalid Windsurf version format: `{ver}`. Expected format: `version@commit`"
         ));
@@ -970,7 +977,9 @@ fn check_service_groups(
     if routers.len() > 1 {
         return cx.fail("At most one replica group may specify `router`.");
     }
-    if let Some(g) = routers.first() && g.replicas.min != Some(1) || g.replicas.max != Some(1) {
+    if let Some(g) = routers.first()
+        && (g.replicas.min != Some(1) || g.replicas.max != Some(1))
+    {
         return cx.fail("For now replica group with `router` must have `replicas: 1`.");
     }
     Ok(())

@@ -318,6 +318,33 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The config the server writes when `config.yml` is missing: one project with its
+    /// current backends and an empty key list (dstack's `_init_config`).
+    pub fn initial(
+        project: &str,
+        backends: &[AnyBackendConfigWithCreds],
+    ) -> Result<Self, FieldError> {
+        let backends = backends
+            .iter()
+            .map(|b| AnyBackendFileConfigWithCreds::parse(&b.to_value(), false))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ServerConfig {
+            projects: vec![ProjectConfig {
+                name: project.to_string(),
+                backends: Some(backends),
+            }],
+            encryption: Some(EncryptionConfig { keys: Vec::new() }),
+            default_permissions: None,
+            plugins: None,
+        })
+    }
+
+    /// The YAML the server writes (`null` fields left out, keys in model order).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(&crate::models::backends::strip_nulls(self.to_value()))
+            .unwrap_or_default()
+    }
+
     /// The config as dstack dumps it: every field, `null`s included.
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
@@ -427,7 +454,9 @@ fn value_or_yaml(input: &serde_json::Value) -> Result<serde_json::Value, String>
 /// * `server_config`: a `config.yml` text (or an already-parsed mapping), parsed strictly and
 ///   with credential files resolved;
 /// * `backend_config`: a backend config with credentials (JSON, or YAML text);
-/// * `backend_config_no_creds`: a backend config without credentials.
+/// * `backend_config_no_creds`: a backend config without credentials;
+/// * `wire:<Model>` (`wire:Run`, `wire:User`, …): an API response body read with our wire type
+///   and written back.
 pub fn normalize_kind(
     kind: &str,
     input: &serde_json::Value,
@@ -448,9 +477,44 @@ pub fn normalize_kind(
                 .map(|c| c.to_value())
                 .map_err(|e| e.to_string())
         }),
-        _ => return None,
+        k => match k.strip_prefix("wire:") {
+            Some(model) => wire_round_trip(model, input)?,
+            None => return None,
+        },
     };
     Some(result)
+}
+
+/// `wire:<Model>` kinds: read an API response body with our wire type (unknown keys ignored,
+/// as clients read responses) and write it back as the server would send it.
+fn wire_round_trip(
+    model: &str,
+    input: &serde_json::Value,
+) -> Option<Result<serde_json::Value, String>> {
+    use crate::models::{instances, jobs, logs, offers, projects, runs, secrets, users};
+    fn rt<T: serde::de::DeserializeOwned + Serialize>(
+        v: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let t: T = from_value_with_path(v).map_err(|e| e.to_string())?;
+        serde_json::to_value(&t).map_err(|e| e.to_string())
+    }
+    Some(match model {
+        "User" => rt::<users::User>(input),
+        "UserWithCreds" => rt::<users::UserWithCreds>(input),
+        "Project" => rt::<projects::Project>(input),
+        "Member" => rt::<projects::Member>(input),
+        "Secret" => rt::<secrets::Secret>(input),
+        "Instance" => rt::<instances::Instance>(input),
+        "InstanceOfferWithAvailability" => rt::<offers::InstanceOfferWithAvailability>(input),
+        "JobSpec" => rt::<jobs::JobSpec>(input),
+        "JobSubmission" => rt::<jobs::JobSubmission>(input),
+        "JobProvisioningData" => rt::<jobs::JobProvisioningData>(input),
+        "Job" => rt::<jobs::Job>(input),
+        "Run" => rt::<runs::Run>(input),
+        "RunPlan" => rt::<runs::RunPlan>(input),
+        "JobSubmissionLogs" => rt::<logs::JobSubmissionLogs>(input),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -827,6 +891,21 @@ mod tests {
             e.to_string(),
             "projects[0].backends[0].kubeconfig: No such file /nonexistent/kubeconfig"
         );
+    }
+
+    #[test]
+    fn initial_config_round_trips() {
+        let aws = AnyBackendConfigWithCreds::from_yaml_str(
+            "type: aws\ncreds: {type: default}\nregions: [us-east-1]\n",
+        )
+        .unwrap();
+        let c = ServerConfig::initial("main", &[aws]).unwrap();
+        let yaml = c.to_yaml();
+        assert!(
+            yaml.contains("type: aws") && !yaml.contains("null"),
+            "{yaml}"
+        );
+        assert_eq!(ServerConfig::from_yaml_str(&yaml).unwrap(), c);
     }
 
     #[test]

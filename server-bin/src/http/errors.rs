@@ -19,8 +19,9 @@ pub fn render(e: &Error) -> (StatusCode, Json<Value>) {
         (ErrorKind::Forbidden, HttpShape::Unwrapped) => {
             (StatusCode::FORBIDDEN, Json(json!({"msg": msg, "code": null})))
         }
+        // FastAPI's HTTPBearer (the version dstack 0.22.5 ships) answers 401 without a header.
         (ErrorKind::Unauthenticated, _) if msg == "Not authenticated" => {
-            (StatusCode::FORBIDDEN, Json(json!({"detail": "Not authenticated"})))
+            (StatusCode::UNAUTHORIZED, Json(json!({"detail": "Not authenticated"})))
         }
         (ErrorKind::Unauthenticated | ErrorKind::Forbidden, _) => {
             (StatusCode::FORBIDDEN, Json(json!({"detail": {"msg": msg, "code": null}})))

@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::engine::auth::Ctx;
 use crate::engine::{Engine, time};
-use crate::models::backends::{AnyBackendConfigWithCreds, BackendInfo};
+use crate::models::backends::{
+    AnyBackendConfigWithCreds, BackendInfo, BackendYamlRequest, DeleteBackendsRequest,
+};
 use crate::{Error, ErrorKind};
 
 use super::{parse_body, to_json};
@@ -122,18 +124,16 @@ impl Engine {
         Ok(with_creds)
     }
 
-    /// Deletes backends of a project by type; unknown types are an error and nothing changes.
+    /// Deletes backends of a project by type; types that are not configured are skipped, as
+    /// dstack does.
     pub(crate) async fn delete_backends(&self, project_id: &str, types: &[String]) -> crate::Result<()> {
         let mut tx = self.store().begin().await?;
         for ty in types {
-            let r = sqlx::query("DELETE FROM backends WHERE project_id = $1 AND type = $2")
+            sqlx::query("DELETE FROM backends WHERE project_id = $1 AND type = $2")
                 .bind(project_id)
                 .bind(ty)
                 .execute(&mut *tx)
                 .await?;
-            if r.rows_affected() == 0 {
-                return Err(Error::new(ErrorKind::NotFound, format!("Backend {ty} does not exist")));
-            }
         }
         tx.commit().await?;
         Ok(())
@@ -145,11 +145,7 @@ impl Engine {
     }
 
     pub(crate) async fn backends_yaml(&self, ctx: &Ctx, body: Option<Value>, update: bool) -> crate::Result<Value> {
-        #[derive(serde::Deserialize)]
-        struct Req {
-            config_yaml: String,
-        }
-        let req: Req = parse_body(body)?;
+        let req: BackendYamlRequest = parse_body(body)?;
         let typed = AnyBackendConfigWithCreds::from_yaml_str(&req.config_yaml)?;
         let (_, with_creds, _) = normalize_typed(&typed)?;
         self.upsert_backend(&ctx.project()?.id, with_creds, update).await?;
@@ -157,12 +153,9 @@ impl Engine {
     }
 
     pub(crate) async fn backends_delete(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
-        #[derive(serde::Deserialize)]
-        struct Req {
-            backends_names: Vec<String>,
-        }
-        let req: Req = parse_body(body)?;
-        self.delete_backends(&ctx.project()?.id, &req.backends_names).await?;
+        let req: DeleteBackendsRequest = parse_body(body)?;
+        let names: Vec<String> = req.backends_names.iter().map(|t| t.as_str().to_string()).collect();
+        self.delete_backends(&ctx.project()?.id, &names).await?;
         Ok(Value::Null)
     }
 

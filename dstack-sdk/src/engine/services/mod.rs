@@ -11,14 +11,32 @@ use serde_json::Value;
 
 use crate::{Error, ErrorKind, HttpShape};
 
-/// Parses a request body; a missing body is read as `{}` (routes whose body is optional get
-/// their defaults, required fields give a 422).
-pub(crate) fn parse_body<T: DeserializeOwned>(body: Option<Value>) -> crate::Result<T> {
+/// Parses a request body as dstack's request models do: a missing body is read as `{}`
+/// (optional bodies get their defaults, required fields give a 422) and unknown keys are
+/// refused with a 422 (`extra=forbid`).
+pub(crate) fn parse_body<T: DeserializeOwned + serde::Serialize>(body: Option<Value>) -> crate::Result<T> {
     let body = body.unwrap_or_else(|| Value::Object(Default::default()));
-    serde_json::from_value(body).map_err(|e| {
+    let parsed: T = serde_json::from_value(body.clone()).map_err(|e| {
         Error::new(ErrorKind::Validation, format!("Invalid request body: {e}"))
             .with_shape(HttpShape::RequestValidation)
-    })
+    })?;
+    let echo = to_json(&parsed)?;
+    if let Some(path) = crate::models::backends::find_unknown_key(&body, &echo) {
+        use crate::models::backends::PathSeg;
+        let path: Vec<String> = path
+            .iter()
+            .map(|s| match s {
+                PathSeg::Key(k) => k.clone(),
+                PathSeg::Index(i) => i.to_string(),
+            })
+            .collect();
+        return Err(Error::new(
+            ErrorKind::Validation,
+            format!("Extra inputs are not permitted: body.{}", path.join(".")),
+        )
+        .with_shape(HttpShape::RequestValidation));
+    }
+    Ok(parsed)
 }
 
 /// Serialises a response model.
