@@ -9,13 +9,22 @@ use std::time::{Duration, Instant};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().unwrap_or_else(|| "http://127.0.0.1:3000".into());
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:3000".into());
     let token = args.get(2).cloned().unwrap_or_default();
     let conc: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50);
     let secs: u64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let routes = ["/api/projects/list", "/api/users/get_my_user", "/api/projects/main/get"];
+    let routes = [
+        "/api/projects/list",
+        "/api/users/get_my_user",
+        "/api/projects/main/get",
+    ];
     dstack_sdk::http::install_crypto_provider();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(conc).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(conc)
+        .build()?;
     let mut out = serde_json::Map::new();
     for route in routes {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -55,7 +64,10 @@ async fn main() -> anyhow::Result<()> {
             errors += e;
         }
         all.sort_by(f64::total_cmp);
-        let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied();
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+        };
         out.insert(
             route.to_string(),
             serde_json::json!({"requests": all.len(), "errors": errors, "rps": all.len() as f64 / secs as f64,

@@ -2,6 +2,8 @@
 //! our server and, unchanged, against the real dstack server (PyPI `dstack[server]==0.22.5`).
 //! Any difference between the two is a bug on our side.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use dstack_sdk::ErrorKind;
@@ -30,13 +32,39 @@ async fn suite(url: &str, admin_token: &str, peer: Peer) {
     assert_eq!(me.user.username, "admin");
     assert_eq!(me.user.global_role, GlobalRole::Admin);
     assert_eq!(me.creds.token, admin_token);
-    let alice = admin.users().create("alice", GlobalRole::User, Some("alice@example.com")).await.unwrap();
+    let alice = admin
+        .users()
+        .create("alice", GlobalRole::User, Some("alice@example.com"))
+        .await
+        .unwrap();
     assert_eq!(alice.username, "alice");
     assert!(alice.permissions.can_create_projects);
-    admin.users().create("bob", GlobalRole::User, None).await.unwrap();
-    assert_eq!(kind(admin.users().create("ALICE", GlobalRole::User, None).await), ErrorKind::AlreadyExists);
-    assert_eq!(kind(admin.users().create("bad name", GlobalRole::User, None).await), ErrorKind::Validation);
-    let names: Vec<String> = admin.users().list().await.unwrap().into_iter().map(|u| u.username).collect();
+    admin
+        .users()
+        .create("bob", GlobalRole::User, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(admin.users().create("ALICE", GlobalRole::User, None).await),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(
+            admin
+                .users()
+                .create("bad name", GlobalRole::User, None)
+                .await
+        ),
+        ErrorKind::Validation
+    );
+    let names: Vec<String> = admin
+        .users()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
     for n in ["admin", "alice", "bob"] {
         assert!(names.contains(&n.to_string()), "{names:?}");
     }
@@ -44,12 +72,38 @@ async fn suite(url: &str, admin_token: &str, peer: Peer) {
     let bob_token = admin.users().get("bob").await.unwrap().creds.token;
     let as_alice = admin.with_token(&alice_token);
     let as_bob = admin.with_token(&bob_token);
-    let only_me: Vec<String> = as_alice.users().list().await.unwrap().into_iter().map(|u| u.username).collect();
+    let only_me: Vec<String> = as_alice
+        .users()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
     assert_eq!(only_me, vec!["alice".to_string()]);
-    assert!(as_alice.users().get_my_user().await.unwrap().ssh_private_key.is_some());
-    assert_eq!(kind(as_alice.users().create("carol", GlobalRole::User, None).await), ErrorKind::Forbidden);
+    assert!(
+        as_alice
+            .users()
+            .get_my_user()
+            .await
+            .unwrap()
+            .ssh_private_key
+            .is_some()
+    );
+    assert_eq!(
+        kind(
+            as_alice
+                .users()
+                .create("carol", GlobalRole::User, None)
+                .await
+        ),
+        ErrorKind::Forbidden
+    );
     assert_eq!(kind(as_alice.users().get("bob").await), ErrorKind::NotFound);
-    assert_eq!(kind(admin.with_token("not-a-token").users().get_my_user().await), ErrorKind::Unauthenticated);
+    assert_eq!(
+        kind(admin.with_token("not-a-token").users().get_my_user().await),
+        ErrorKind::Unauthenticated
+    );
 
     // Projects and members.
     let p = as_alice.projects().create("proj-a", false).await.unwrap();
@@ -57,25 +111,68 @@ async fn suite(url: &str, admin_token: &str, peer: Peer) {
     assert_eq!(p.owner.username, "alice");
     assert_eq!(p.members.len(), 1);
     assert_eq!(p.members[0].project_role, ProjectRole::Admin);
-    assert_eq!(kind(as_bob.projects().create("PROJ-A", false).await), ErrorKind::AlreadyExists);
-    assert_eq!(kind(as_bob.project("proj-a").get().await), ErrorKind::Forbidden);
-    assert_eq!(kind(as_bob.project("no-such-project").get().await), ErrorKind::NotFound);
-    let admin_sees: Vec<String> =
-        admin.projects().list().await.unwrap().into_iter().map(|p| p.project_name).collect();
-    assert!(admin_sees.contains(&"proj-a".to_string()) && admin_sees.contains(&"main".to_string()));
-    let bob_sees: Vec<String> = as_bob.projects().list().await.unwrap().into_iter().map(|p| p.project_name).collect();
-    assert!(!bob_sees.contains(&"proj-a".to_string()), "{bob_sees:?}");
-
-    let p = as_alice.project("proj-a").members().add(&[("bob", ProjectRole::User)]).await.unwrap();
-    assert_eq!(p.members.len(), 2);
-    let got = as_bob.project("proj-a").get().await.unwrap();
-    assert!(got.members.iter().any(|m| m.user.username == "bob" && m.project_role == ProjectRole::User));
     assert_eq!(
-        kind(as_bob.project("proj-a").members().add(&[("admin", ProjectRole::User)]).await),
+        kind(as_bob.projects().create("PROJ-A", false).await),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(as_bob.project("proj-a").get().await),
         ErrorKind::Forbidden
     );
     assert_eq!(
-        kind(as_alice.project("proj-a").members().add(&[("nobody", ProjectRole::User)]).await),
+        kind(as_bob.project("no-such-project").get().await),
+        ErrorKind::NotFound
+    );
+    let admin_sees: Vec<String> = admin
+        .projects()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.project_name)
+        .collect();
+    assert!(admin_sees.contains(&"proj-a".to_string()) && admin_sees.contains(&"main".to_string()));
+    let bob_sees: Vec<String> = as_bob
+        .projects()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.project_name)
+        .collect();
+    assert!(!bob_sees.contains(&"proj-a".to_string()), "{bob_sees:?}");
+
+    let p = as_alice
+        .project("proj-a")
+        .members()
+        .add(&[("bob", ProjectRole::User)])
+        .await
+        .unwrap();
+    assert_eq!(p.members.len(), 2);
+    let got = as_bob.project("proj-a").get().await.unwrap();
+    assert!(
+        got.members
+            .iter()
+            .any(|m| m.user.username == "bob" && m.project_role == ProjectRole::User)
+    );
+    assert_eq!(
+        kind(
+            as_bob
+                .project("proj-a")
+                .members()
+                .add(&[("admin", ProjectRole::User)])
+                .await
+        ),
+        ErrorKind::Forbidden
+    );
+    assert_eq!(
+        kind(
+            as_alice
+                .project("proj-a")
+                .members()
+                .add(&[("nobody", ProjectRole::User)])
+                .await
+        ),
         ErrorKind::Validation
     );
 
@@ -84,11 +181,17 @@ async fn suite(url: &str, admin_token: &str, peer: Peer) {
     let s = secrets.set("HF_TOKEN", "hf_123").await.unwrap();
     assert_eq!(s.value.as_deref(), Some("hf_123"));
     secrets.set("HF_TOKEN", "hf_456").await.unwrap();
-    assert_eq!(secrets.get("HF_TOKEN").await.unwrap().value.as_deref(), Some("hf_456"));
+    assert_eq!(
+        secrets.get("HF_TOKEN").await.unwrap().value.as_deref(),
+        Some("hf_456")
+    );
     let listed = secrets.list().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].value, None);
-    assert_eq!(kind(as_bob.project("proj-a").secrets().list().await), ErrorKind::Forbidden);
+    assert_eq!(
+        kind(as_bob.project("proj-a").secrets().list().await),
+        ErrorKind::Forbidden
+    );
     assert_eq!(kind(secrets.get("MISSING").await), ErrorKind::NotFound);
     assert!(secrets.delete(&["MISSING"]).await.is_err());
     secrets.delete(&["HF_TOKEN"]).await.unwrap();
@@ -96,42 +199,106 @@ async fn suite(url: &str, admin_token: &str, peer: Peer) {
 
     // Backends: malformed YAML is a 400 on both servers.
     assert_eq!(
-        kind(as_alice.project("proj-a").backends().create_yaml("type: [unclosed").await),
+        kind(
+            as_alice
+                .project("proj-a")
+                .backends()
+                .create_yaml("type: [unclosed")
+                .await
+        ),
         ErrorKind::Validation
     );
-    assert_eq!(kind(as_bob.project("proj-a").backends().create_yaml("type: lambda").await), ErrorKind::Forbidden);
+    assert_eq!(
+        kind(
+            as_bob
+                .project("proj-a")
+                .backends()
+                .create_yaml("type: lambda")
+                .await
+        ),
+        ErrorKind::Forbidden
+    );
     if peer == Peer::Ours {
         // Shape-only validation until the Lambda backend's credential check lands: the real
         // server calls Lambda's API here, which this machine cannot reach.
         let b = as_alice.project("proj-a").backends();
-        b.create_yaml("type: lambda\nregions: [us-east-1]\ncreds:\n  type: api_key\n  api_key: KEY123\n")
-            .await
-            .unwrap();
-        assert_eq!(kind(b.create_yaml("type: lambda\ncreds:\n  type: api_key\n  api_key: K\n").await), ErrorKind::AlreadyExists);
+        b.create_yaml(
+            "type: lambda\nregions: [us-east-1]\ncreds:\n  type: api_key\n  api_key: KEY123\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            kind(
+                b.create_yaml("type: lambda\ncreds:\n  type: api_key\n  api_key: K\n")
+                    .await
+            ),
+            ErrorKind::AlreadyExists
+        );
         assert!(b.get_yaml("lambda").await.unwrap().contains("KEY123"));
         let proj = as_alice.project("proj-a").get().await.unwrap();
         let shown = serde_json::to_string(&proj.backends).unwrap();
-        assert!(shown.contains("lambda") && !shown.contains("KEY123"), "{shown}");
-        assert_eq!(kind(b.create_yaml("type: nosuchcloud\n").await), ErrorKind::Validation);
+        assert!(
+            shown.contains("lambda") && !shown.contains("KEY123"),
+            "{shown}"
+        );
+        assert_eq!(
+            kind(b.create_yaml("type: nosuchcloud\n").await),
+            ErrorKind::Validation
+        );
         b.delete(&["lambda"]).await.unwrap();
-        assert!(as_alice.project("proj-a").get().await.unwrap().backends.is_empty());
+        assert!(
+            as_alice
+                .project("proj-a")
+                .get()
+                .await
+                .unwrap()
+                .backends
+                .is_empty()
+        );
     }
 
     // Leaving, tokens, deletion.
-    as_bob.project("proj-a").members().remove(&["bob"]).await.unwrap();
-    assert_eq!(kind(as_bob.project("proj-a").get().await), ErrorKind::Forbidden);
+    as_bob
+        .project("proj-a")
+        .members()
+        .remove(&["bob"])
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(as_bob.project("proj-a").get().await),
+        ErrorKind::Forbidden
+    );
     let refreshed = as_alice.users().refresh_token("alice").await.unwrap();
     assert_ne!(refreshed.creds.token, alice_token);
-    assert_eq!(kind(as_alice.users().get_my_user().await), ErrorKind::Unauthenticated);
+    assert_eq!(
+        kind(as_alice.users().get_my_user().await),
+        ErrorKind::Unauthenticated
+    );
     let as_alice = admin.with_token(&refreshed.creds.token);
-    assert_eq!(kind(as_alice.users().refresh_token("bob").await), ErrorKind::Forbidden);
+    assert_eq!(
+        kind(as_alice.users().refresh_token("bob").await),
+        ErrorKind::Forbidden
+    );
     as_alice.projects().delete(&["proj-a"]).await.unwrap();
-    assert_eq!(kind(as_alice.project("proj-a").get().await), ErrorKind::NotFound);
-    assert_eq!(kind(admin.users().delete(&["admin"]).await), ErrorKind::Validation);
+    assert_eq!(
+        kind(as_alice.project("proj-a").get().await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(admin.users().delete(&["admin"]).await),
+        ErrorKind::Validation
+    );
     admin.users().delete(&["alice", "bob"]).await.unwrap();
-    assert_eq!(kind(as_alice.users().get_my_user().await), ErrorKind::Unauthenticated);
+    assert_eq!(
+        kind(as_alice.users().get_my_user().await),
+        ErrorKind::Unauthenticated
+    );
     // A deleted name is free again.
-    admin.users().create("alice", GlobalRole::User, None).await.unwrap();
+    admin
+        .users()
+        .create("alice", GlobalRole::User, None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -155,14 +322,26 @@ async fn suite_on_embedded_engine() {
     let client = Client::with_engine(engine, &info.admin_token);
     let p = client.projects().create("embedded", false).await.unwrap();
     assert_eq!(p.owner.username, "admin");
-    assert!(client.projects().list().await.unwrap().iter().any(|p| p.project_name == "main"));
+    assert!(
+        client
+            .projects()
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.project_name == "main")
+    );
 }
 
 #[tokio::test]
 async fn restart_keeps_committed_writes_and_admin_token() {
     let mut srv = support::start_ours(None, "restart-token");
     let admin = Client::new(&srv.url, &srv.admin_token).unwrap();
-    admin.users().create("dave", GlobalRole::User, None).await.unwrap();
+    admin
+        .users()
+        .create("dave", GlobalRole::User, None)
+        .await
+        .unwrap();
     admin.projects().create("kept", false).await.unwrap();
     admin.project("kept").secrets().set("S", "v").await.unwrap();
     srv.kill9();
@@ -171,6 +350,24 @@ async fn restart_keeps_committed_writes_and_admin_token() {
     let srv2 = support::start_ours(Some(dir), "ignored-token");
     assert_eq!(srv2.admin_token, "restart-token");
     let admin = Client::new(&srv2.url, "restart-token").unwrap();
-    assert!(admin.users().list().await.unwrap().iter().any(|u| u.username == "dave"));
-    assert_eq!(admin.project("kept").secrets().get("S").await.unwrap().value.as_deref(), Some("v"));
+    assert!(
+        admin
+            .users()
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|u| u.username == "dave")
+    );
+    assert_eq!(
+        admin
+            .project("kept")
+            .secrets()
+            .get("S")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("v")
+    );
 }

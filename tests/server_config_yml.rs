@@ -2,6 +2,8 @@
 //! backends created / updated / deleted to match the file, default permissions, and the
 //! default file written when there is none.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use dstack_sdk::client::Client;
@@ -43,18 +45,40 @@ async fn config_yml_is_applied_and_secrets_are_encrypted() {
     let names: Vec<_> = main.backends.iter().map(|b| b.name.clone()).collect();
     assert_eq!(names, vec!["lambda", "vastai"]);
     // default_permissions.allow_managers_manage_secrets: a manager may manage secrets.
-    admin.users().create("mgr", GlobalRole::User, None).await.unwrap();
+    admin
+        .users()
+        .create("mgr", GlobalRole::User, None)
+        .await
+        .unwrap();
     let mgr_token = admin.users().get("mgr").await.unwrap().creds.token;
-    admin.project("main").members().add(&[("mgr", ProjectRole::Manager)]).await.unwrap();
+    admin
+        .project("main")
+        .members()
+        .add(&[("mgr", ProjectRole::Manager)])
+        .await
+        .unwrap();
     let as_mgr = admin.with_token(&mgr_token);
-    as_mgr.project("main").secrets().set("DB_PASSWORD", "SECRET-VALUE-456").await.unwrap();
+    as_mgr
+        .project("main")
+        .secrets()
+        .set("DB_PASSWORD", "SECRET-VALUE-456")
+        .await
+        .unwrap();
     srv.kill9();
 
     let dir = std::mem::replace(&mut srv.dir, tempfile::tempdir().unwrap());
     let bytes = db_bytes(dir.path());
     assert!(!bytes.is_empty());
-    for secret in ["LAMBDA-SECRET-KEY", "VAST-SECRET-KEY", "SECRET-VALUE-456", "ADMIN-SECRET-TOKEN-123"] {
-        assert!(!contains(&bytes, secret), "{secret} is stored in plain text");
+    for secret in [
+        "LAMBDA-SECRET-KEY",
+        "VAST-SECRET-KEY",
+        "SECRET-VALUE-456",
+        "ADMIN-SECRET-TOKEN-123",
+    ] {
+        assert!(
+            !contains(&bytes, secret),
+            "{secret} is stored in plain text"
+        );
     }
     assert!(contains(&bytes, "enc:aes:key1:"));
 
@@ -67,10 +91,22 @@ async fn config_yml_is_applied_and_secrets_are_encrypted() {
     let admin = Client::new(&srv2.url, "ADMIN-SECRET-TOKEN-123").unwrap();
     let main = admin.project("main").get().await.unwrap();
     assert_eq!(main.backends.len(), 1);
-    let cfg = admin.project("main").backends().config_info("lambda").await.unwrap();
+    let cfg = admin
+        .project("main")
+        .backends()
+        .config_info("lambda")
+        .await
+        .unwrap();
     assert_eq!(cfg["regions"], serde_json::json!(["us-west-1"]));
     assert_eq!(
-        admin.project("main").secrets().get("DB_PASSWORD").await.unwrap().value.as_deref(),
+        admin
+            .project("main")
+            .secrets()
+            .get("DB_PASSWORD")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
         Some("SECRET-VALUE-456")
     );
 }
@@ -83,7 +119,11 @@ async fn default_config_is_written_and_bad_config_stops_the_server() {
     drop(srv);
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yml"), "projects:\n- name: main\n  backends:\n  - type: lambda\n    creds: {type: api_key}\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.yml"),
+        "projects:\n- name: main\n  backends:\n  - type: lambda\n    creds: {type: api_key}\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dstack-server"))
         .env("DSTACK_SERVER_DIR", dir.path())
         .env("DSTACK_SERVER_PORT", support::free_port().to_string())
@@ -92,5 +132,8 @@ async fn default_config_is_written_and_bad_config_stops_the_server() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("config.yml") && err.contains("api_key"), "{err}");
+    assert!(
+        err.contains("config.yml") && err.contains("api_key"),
+        "{err}"
+    );
 }

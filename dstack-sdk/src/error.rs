@@ -85,7 +85,12 @@ pub struct Error {
 impl Error {
     /// A new error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), fields: Vec::new(), shape: HttpShape::Default }
+        Self {
+            kind,
+            message: message.into(),
+            fields: Vec::new(),
+            shape: HttpShape::Default,
+        }
     }
 
     /// `resource_not_exists` with dstack's default message.

@@ -47,7 +47,10 @@ pub struct PathParams {
 impl PathParams {
     /// Parameters for a project-scoped route.
     pub fn project(name: impl Into<String>) -> Self {
-        Self { project: Some(name.into()), backend: None }
+        Self {
+            project: Some(name.into()),
+            backend: None,
+        }
     }
 }
 

@@ -17,7 +17,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Command-line flags; every flag can also be given through its environment variable.
 #[derive(Debug, Parser)]
-#[command(name = "dstack-server", version, about = "The dstack server (Enterprise flavour)")]
+#[command(
+    name = "dstack-server",
+    version,
+    about = "The dstack server (Enterprise flavour)"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "DSTACK_SERVER_HOST", default_value = "127.0.0.1")]
@@ -59,19 +63,23 @@ async fn main() -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     let options = EngineOptions::from_env(&server_dir);
-    let (engine, info) = Engine::open(options).await.map_err(|e| {
-        anyhow::anyhow!("cannot start the engine in {}: {e}", server_dir.display())
-    })?;
+    let (engine, info) = Engine::open(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the engine in {}: {e}", server_dir.display()))?;
     let url = format!("http://{local}");
-    if !env_flag("DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT") {
-        if let Err(e) = cli_config::update_default_project(&info.default_project, &url, &info.admin_token) {
-            tracing::warn!("could not update the CLI config ~/.dstack/config.yml: {e:#}");
-        }
+    if !env_flag("DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT")
+        && let Err(e) =
+            cli_config::update_default_project(&info.default_project, &url, &info.admin_token)
+    {
+        tracing::warn!("could not update the CLI config ~/.dstack/config.yml: {e:#}");
     }
     let app = http::router(http::AppState::new(engine));
     // The token is printed (never logged) so that the operator can log in, as dstack does.
     println!("The admin user token is {:?}", info.admin_token);
-    println!("The dstack server {} is running at {url}", dstack_sdk::SERVER_VERSION);
+    println!(
+        "The dstack server {} is running at {url}",
+        dstack_sdk::SERVER_VERSION
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -95,8 +103,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             s.recv().await;
         }

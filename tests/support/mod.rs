@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: start our server or the real dstack server on
 //! loopback in a throwaway directory, and stop it when the guard drops.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -30,11 +30,18 @@ impl Drop for ServerProc {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Starts our `dstack-server` binary on a free port in `dir` (created if `None`).
@@ -65,7 +72,12 @@ pub fn start_ours(dir: Option<tempfile::TempDir>, admin_token: &str) -> ServerPr
     }
     let url = format!("http://127.0.0.1:{port}");
     wait_healthy(&url, Duration::from_secs(30));
-    ServerProc { url, admin_token: token, dir, child }
+    ServerProc {
+        url,
+        admin_token: token,
+        dir,
+        child,
+    }
 }
 
 /// The oracle venv (real dstack 0.22.5), created on first use by scripts/oracle-venv.sh.
@@ -97,7 +109,12 @@ pub fn start_python(admin_token: &str) -> ServerProc {
         .expect("start dstack server");
     let url = format!("http://127.0.0.1:{port}");
     wait_healthy(&url, Duration::from_secs(120));
-    ServerProc { url, admin_token: admin_token.to_string(), dir, child }
+    ServerProc {
+        url,
+        admin_token: admin_token.to_string(),
+        dir,
+        child,
+    }
 }
 
 fn wait_healthy(url: &str, timeout: Duration) {
@@ -113,7 +130,10 @@ fn wait_healthy(url: &str, timeout: Duration) {
                 return;
             }
         }
-        assert!(start.elapsed() < timeout, "server at {url} did not become healthy");
+        assert!(
+            start.elapsed() < timeout,
+            "server at {url} did not become healthy"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

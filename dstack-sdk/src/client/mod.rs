@@ -51,7 +51,9 @@ impl Client {
     /// ```
     #[cfg(feature = "http")]
     pub fn new(url: &str, token: &str) -> crate::Result<Self> {
-        Ok(Self { transport: Arc::new(Transport::Http(transport::HttpTransport::new(url, token)?)) })
+        Ok(Self {
+            transport: Arc::new(Transport::Http(transport::HttpTransport::new(url, token)?)),
+        })
     }
 
     /// A client that runs the engine in-process over the server directory `dir` (SQLite in
@@ -84,28 +86,41 @@ impl Client {
 
     /// The same connection acting as another user.
     pub fn with_token(&self, token: &str) -> Self {
-        Self { transport: Arc::new(self.transport.with_token(token)) }
+        Self {
+            transport: Arc::new(self.transport.with_token(token)),
+        }
     }
 
     /// Users: list, create, update, delete, tokens.
     pub fn users(&self) -> Users {
-        Users { client: self.clone() }
+        Users {
+            client: self.clone(),
+        }
     }
 
     /// Projects: list, create, delete.
     pub fn projects(&self) -> Projects {
-        Projects { client: self.clone() }
+        Projects {
+            client: self.clone(),
+        }
     }
 
     /// One project: its members, backends and secrets.
     pub fn project(&self, name: &str) -> ProjectHandle {
-        ProjectHandle { client: self.clone(), name: name.to_string() }
+        ProjectHandle {
+            client: self.clone(),
+            name: name.to_string(),
+        }
     }
 
     /// The server's version string (`POST /api/server/get_info`).
     pub async fn server_version(&self) -> crate::Result<Option<String>> {
-        let v: Value = self.call(RouteId::ServerGetInfo, &PathParams::default(), None::<&()>).await?;
-        Ok(v.get("server_version").and_then(Value::as_str).map(str::to_string))
+        let v: Value = self
+            .call(RouteId::ServerGetInfo, &PathParams::default(), None::<&()>)
+            .await?;
+        Ok(v.get("server_version")
+            .and_then(Value::as_str)
+            .map(str::to_string))
     }
 
     /// Calls a route with a typed body and decodes the typed response.
@@ -121,7 +136,10 @@ impl Client {
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode request: {e}")))?;
         let v = self.transport.call(route, params, body).await?;
         serde_json::from_value(v).map_err(|e| {
-            Error::new(ErrorKind::Transport, format!("unexpected response from {route:?}: {e}"))
+            Error::new(
+                ErrorKind::Transport,
+                format!("unexpected response from {route:?}: {e}"),
+            )
         })
     }
 }

@@ -32,8 +32,10 @@ impl Projects {
 
     /// Projects with filters and keyset pagination.
     pub async fn list_with(&self, req: &ListProjectsRequest) -> crate::Result<Vec<Project>> {
-        let resp: ProjectsListResponse =
-            self.client.call(RouteId::ProjectsList, &PathParams::default(), Some(req)).await?;
+        let resp: ProjectsListResponse = self
+            .client
+            .call(RouteId::ProjectsList, &PathParams::default(), Some(req))
+            .await?;
         Ok(match resp {
             ProjectsListResponse::List(l) => l,
             ProjectsListResponse::WithTotal(t) => t.projects,
@@ -42,15 +44,25 @@ impl Projects {
 
     /// Creates a project; you become its owner and admin.
     pub async fn create(&self, name: &str, is_public: bool) -> crate::Result<Project> {
-        let req = CreateProjectRequest { project_name: name.into(), is_public, templates_repo: None };
-        self.client.call(RouteId::ProjectsCreate, &PathParams::default(), Some(&req)).await
+        let req = CreateProjectRequest {
+            project_name: name.into(),
+            is_public,
+            templates_repo: None,
+        };
+        self.client
+            .call(RouteId::ProjectsCreate, &PathParams::default(), Some(&req))
+            .await
     }
 
     /// Deletes projects (soft delete).
     pub async fn delete(&self, names: &[&str]) -> crate::Result<()> {
-        let req = DeleteProjectsRequest { projects_names: names.iter().map(|s| s.to_string()).collect() };
-        let _: serde_json::Value =
-            self.client.call(RouteId::ProjectsDelete, &PathParams::default(), Some(&req)).await?;
+        let req = DeleteProjectsRequest {
+            projects_names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        let _: serde_json::Value = self
+            .client
+            .call(RouteId::ProjectsDelete, &PathParams::default(), Some(&req))
+            .await?;
         Ok(())
     }
 }
@@ -77,27 +89,39 @@ impl ProjectHandle {
 
     /// The project with its members and backends.
     pub async fn get(&self) -> crate::Result<Project> {
-        self.client.call(RouteId::ProjectsGet, &self.params(), None::<&()>).await
+        self.client
+            .call(RouteId::ProjectsGet, &self.params(), None::<&()>)
+            .await
     }
 
     /// Changes `is_public` and/or the templates repository (project admins).
     pub async fn update(&self, req: &UpdateProjectRequest) -> crate::Result<Project> {
-        self.client.call(RouteId::ProjectsUpdate, &self.params(), Some(req)).await
+        self.client
+            .call(RouteId::ProjectsUpdate, &self.params(), Some(req))
+            .await
     }
 
     /// Member management.
     pub fn members(&self) -> Members {
-        Members { project: self.clone() }
+        Members {
+            project: self.clone(),
+        }
     }
 
     /// The project's backends (project admins).
     pub fn backends(&self) -> Backends {
-        Backends { client: self.client.clone(), project: self.name.clone() }
+        Backends {
+            client: self.client.clone(),
+            project: self.name.clone(),
+        }
     }
 
     /// The project's secrets (project admins; managers when allowed).
     pub fn secrets(&self) -> Secrets {
-        Secrets { client: self.client.clone(), project: self.name.clone() }
+        Secrets {
+            client: self.client.clone(),
+            project: self.name.clone(),
+        }
     }
 }
 
@@ -118,26 +142,56 @@ pub struct Members {
 fn settings(members: &[(&str, ProjectRole)]) -> Vec<MemberSetting> {
     members
         .iter()
-        .map(|(u, r)| MemberSetting { username: u.to_string(), project_role: *r })
+        .map(|(u, r)| MemberSetting {
+            username: u.to_string(),
+            project_role: *r,
+        })
         .collect()
 }
 
 impl Members {
     /// Replaces the member list (unknown users are skipped, as dstack does).
     pub async fn set(&self, members: &[(&str, ProjectRole)]) -> crate::Result<Project> {
-        let req = SetProjectMembersRequest { members: settings(members) };
-        self.project.client.call(RouteId::ProjectsSetMembers, &self.project.params(), Some(&req)).await
+        let req = SetProjectMembersRequest {
+            members: settings(members),
+        };
+        self.project
+            .client
+            .call(
+                RouteId::ProjectsSetMembers,
+                &self.project.params(),
+                Some(&req),
+            )
+            .await
     }
 
     /// Adds members or changes their roles.
     pub async fn add(&self, members: &[(&str, ProjectRole)]) -> crate::Result<Project> {
-        let req = AddProjectMembersRequest { members: settings(members) };
-        self.project.client.call(RouteId::ProjectsAddMembers, &self.project.params(), Some(&req)).await
+        let req = AddProjectMembersRequest {
+            members: settings(members),
+        };
+        self.project
+            .client
+            .call(
+                RouteId::ProjectsAddMembers,
+                &self.project.params(),
+                Some(&req),
+            )
+            .await
     }
 
     /// Removes members (non-managers may remove only themselves).
     pub async fn remove(&self, usernames: &[&str]) -> crate::Result<Project> {
-        let req = RemoveProjectMembersRequest { usernames: usernames.iter().map(|s| s.to_string()).collect() };
-        self.project.client.call(RouteId::ProjectsRemoveMembers, &self.project.params(), Some(&req)).await
+        let req = RemoveProjectMembersRequest {
+            usernames: usernames.iter().map(|s| s.to_string()).collect(),
+        };
+        self.project
+            .client
+            .call(
+                RouteId::ProjectsRemoveMembers,
+                &self.project.params(),
+                Some(&req),
+            )
+            .await
     }
 }

@@ -1,6 +1,8 @@
 //! `client.project(p).secrets()`: the `/api/project/{p}/secrets/*` routes.
 
-use crate::models::secrets::{CreateOrUpdateSecretRequest, DeleteSecretsRequest, GetSecretRequest, Secret};
+use crate::models::secrets::{
+    CreateOrUpdateSecretRequest, DeleteSecretsRequest, GetSecretRequest, Secret,
+};
 use crate::routes::{PathParams, RouteId};
 
 use super::Client;
@@ -28,25 +30,39 @@ impl Secrets {
 
     /// Secret names (values are `None` in listings).
     pub async fn list(&self) -> crate::Result<Vec<Secret>> {
-        self.client.call(RouteId::SecretsList, &self.params(), None::<&()>).await
+        self.client
+            .call(RouteId::SecretsList, &self.params(), None::<&()>)
+            .await
     }
 
     /// One secret with its value.
     pub async fn get(&self, name: &str) -> crate::Result<Secret> {
         let req = GetSecretRequest { name: name.into() };
-        self.client.call(RouteId::SecretsGet, &self.params(), Some(&req)).await
+        self.client
+            .call(RouteId::SecretsGet, &self.params(), Some(&req))
+            .await
     }
 
     /// Creates or replaces a secret.
     pub async fn set(&self, name: &str, value: &str) -> crate::Result<Secret> {
-        let req = CreateOrUpdateSecretRequest { name: name.into(), value: value.into() };
-        self.client.call(RouteId::SecretsCreateOrUpdate, &self.params(), Some(&req)).await
+        let req = CreateOrUpdateSecretRequest {
+            name: name.into(),
+            value: value.into(),
+        };
+        self.client
+            .call(RouteId::SecretsCreateOrUpdate, &self.params(), Some(&req))
+            .await
     }
 
     /// Deletes secrets; fails without deleting any if one name is missing.
     pub async fn delete(&self, names: &[&str]) -> crate::Result<()> {
-        let req = DeleteSecretsRequest { secrets_names: names.iter().map(|s| s.to_string()).collect() };
-        let _: serde_json::Value = self.client.call(RouteId::SecretsDelete, &self.params(), Some(&req)).await?;
+        let req = DeleteSecretsRequest {
+            secrets_names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        let _: serde_json::Value = self
+            .client
+            .call(RouteId::SecretsDelete, &self.params(), Some(&req))
+            .await?;
         Ok(())
     }
 }

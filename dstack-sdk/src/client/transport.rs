@@ -31,7 +31,10 @@ impl Transport {
             Transport::Embedded(e) => e.engine.call(route, Some(&e.token), params, body).await,
             Transport::None => {
                 let _ = (route, params, body);
-                Err(crate::Error::new(crate::ErrorKind::Internal, "no transport compiled in"))
+                Err(crate::Error::new(
+                    crate::ErrorKind::Internal,
+                    "no transport compiled in",
+                ))
             }
         }
     }
@@ -66,7 +69,9 @@ pub(super) struct EmbeddedTransport {
 #[cfg(feature = "engine")]
 impl std::fmt::Debug for EmbeddedTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedTransport").field("engine", &self.engine).finish_non_exhaustive()
+        f.debug_struct("EmbeddedTransport")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,7 +85,9 @@ pub(super) struct HttpTransport {
 #[cfg(feature = "http")]
 impl std::fmt::Debug for HttpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpTransport").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("HttpTransport")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,11 +98,25 @@ impl HttpTransport {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
-            .map_err(|e| Error::new(ErrorKind::Transport, format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { http, base: url.trim_end_matches('/').to_string(), token: token.to_string() })
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Transport,
+                    format!("cannot build HTTP client: {e}"),
+                )
+            })?;
+        Ok(Self {
+            http,
+            base: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
     }
 
-    async fn call(&self, route: RouteId, params: &PathParams, body: Option<Value>) -> crate::Result<Value> {
+    async fn call(
+        &self,
+        route: RouteId,
+        params: &PathParams,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let url = format!("{}{}", self.base, route.path(params));
         let mut req = self
             .http
@@ -126,14 +147,17 @@ impl HttpTransport {
             }
         };
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Transport, format!("reading response from {url}: {e}")))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Transport,
+                format!("reading response from {url}: {e}"),
+            )
+        })?;
         let json: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         if status.is_success() {
             return Ok(json);
@@ -147,7 +171,11 @@ impl HttpTransport {
 pub(super) fn error_from_response(status: u16, body: &Value, url: &str) -> Error {
     let detail = body.get("detail");
     let first = detail.and_then(Value::as_array).and_then(|a| a.first());
-    let msg_of = |v: Option<&Value>| v.and_then(|d| d.get("msg")).and_then(Value::as_str).map(str::to_string);
+    let msg_of = |v: Option<&Value>| {
+        v.and_then(|d| d.get("msg"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     match status {
         400 => {
             let msg = msg_of(first).unwrap_or_else(|| body.to_string());
@@ -159,7 +187,10 @@ pub(super) fn error_from_response(status: u16, body: &Value, url: &str) -> Error
                 _ => ErrorKind::Validation,
             };
             let mut e = Error::new(kind, msg);
-            if let Some(fields) = first.and_then(|d| d.get("fields")).and_then(Value::as_array) {
+            if let Some(fields) = first
+                .and_then(|d| d.get("fields"))
+                .and_then(Value::as_array)
+            {
                 let path: Vec<&str> = fields.iter().filter_map(Value::as_str).collect();
                 if !path.is_empty() {
                     e = Error::validation(&path, e.message().to_string());
@@ -168,18 +199,35 @@ pub(super) fn error_from_response(status: u16, body: &Value, url: &str) -> Error
             e
         }
         401 | 403 => {
-            let msg = msg_of(detail).or_else(|| msg_of(Some(body))).unwrap_or_else(|| "Access denied".into());
-            let kind = if msg == "Invalid token" || msg == "Not authenticated" || detail.and_then(Value::as_str) == Some("Not authenticated") {
+            let msg = msg_of(detail)
+                .or_else(|| msg_of(Some(body)))
+                .unwrap_or_else(|| "Access denied".into());
+            let kind = if msg == "Invalid token"
+                || msg == "Not authenticated"
+                || detail.and_then(Value::as_str) == Some("Not authenticated")
+            {
                 ErrorKind::Unauthenticated
             } else {
                 ErrorKind::Forbidden
             };
             Error::new(kind, msg)
         }
-        404 => Error::new(ErrorKind::NotFound, msg_of(detail).unwrap_or_else(|| format!("{url}: not found")))
-            .with_shape(HttpShape::DependencyNotFound),
-        422 => Error::new(ErrorKind::Validation, format!("Server validation error: {detail:?}", detail = detail.unwrap_or(body)))
-            .with_shape(HttpShape::RequestValidation),
-        _ => Error::new(ErrorKind::Transport, format!("{url} answered {status}: {body}")),
+        404 => Error::new(
+            ErrorKind::NotFound,
+            msg_of(detail).unwrap_or_else(|| format!("{url}: not found")),
+        )
+        .with_shape(HttpShape::DependencyNotFound),
+        422 => Error::new(
+            ErrorKind::Validation,
+            format!(
+                "Server validation error: {detail:?}",
+                detail = detail.unwrap_or(body)
+            ),
+        )
+        .with_shape(HttpShape::RequestValidation),
+        _ => Error::new(
+            ErrorKind::Transport,
+            format!("{url} answered {status}: {body}"),
+        ),
     }
 }

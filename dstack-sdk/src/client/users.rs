@@ -31,8 +31,10 @@ impl Users {
 
     /// Users with filters and keyset pagination.
     pub async fn list_with(&self, req: &ListUsersRequest) -> crate::Result<Vec<User>> {
-        let resp: UsersListResponse =
-            self.client.call(RouteId::UsersList, &PathParams::default(), Some(req)).await?;
+        let resp: UsersListResponse = self
+            .client
+            .call(RouteId::UsersList, &PathParams::default(), Some(req))
+            .await?;
         Ok(match resp {
             UsersListResponse::List(l) => l,
             UsersListResponse::WithTotal(t) => t.users,
@@ -41,13 +43,19 @@ impl Users {
 
     /// The caller, with their token and SSH private key.
     pub async fn get_my_user(&self) -> crate::Result<UserWithCreds> {
-        self.client.call(RouteId::UsersGetMyUser, &PathParams::default(), None::<&()>).await
+        self.client
+            .call(RouteId::UsersGetMyUser, &PathParams::default(), None::<&()>)
+            .await
     }
 
     /// A user with credentials (admins, or yourself).
     pub async fn get(&self, username: &str) -> crate::Result<UserWithCreds> {
-        let req = GetUserRequest { username: username.into() };
-        self.client.call(RouteId::UsersGetUser, &PathParams::default(), Some(&req)).await
+        let req = GetUserRequest {
+            username: username.into(),
+        };
+        self.client
+            .call(RouteId::UsersGetUser, &PathParams::default(), Some(&req))
+            .await
     }
 
     /// Creates a user (global admins only).
@@ -63,31 +71,55 @@ impl Users {
             email: email.map(str::to_string),
             active: true,
         };
-        self.client.call(RouteId::UsersCreate, &PathParams::default(), Some(&req)).await
+        self.client
+            .call(RouteId::UsersCreate, &PathParams::default(), Some(&req))
+            .await
     }
 
     /// Updates a user's role, email and active flag (global admins only).
     pub async fn update(&self, req: &CreateUserRequest) -> crate::Result<User> {
-        self.client.call(RouteId::UsersUpdate, &PathParams::default(), Some(req)).await
+        self.client
+            .call(RouteId::UsersUpdate, &PathParams::default(), Some(req))
+            .await
     }
 
     /// Issues a new token for `username` (admins, or yourself); the old one stops working.
     pub async fn refresh_token(&self, username: &str) -> crate::Result<UserWithCreds> {
-        let req = GetUserRequest { username: username.into() };
-        self.client.call(RouteId::UsersRefreshToken, &PathParams::default(), Some(&req)).await
+        let req = GetUserRequest {
+            username: username.into(),
+        };
+        self.client
+            .call(
+                RouteId::UsersRefreshToken,
+                &PathParams::default(),
+                Some(&req),
+            )
+            .await
     }
 
     /// Issues a new SSH keypair for `username` (admins, or yourself).
     pub async fn refresh_ssh_key(&self, username: &str) -> crate::Result<UserWithCreds> {
-        let req = GetUserRequest { username: username.into() };
-        self.client.call(RouteId::UsersRefreshSshKey, &PathParams::default(), Some(&req)).await
+        let req = GetUserRequest {
+            username: username.into(),
+        };
+        self.client
+            .call(
+                RouteId::UsersRefreshSshKey,
+                &PathParams::default(),
+                Some(&req),
+            )
+            .await
     }
 
     /// Deletes users (soft delete; global admins only; `admin` cannot be deleted).
     pub async fn delete(&self, usernames: &[&str]) -> crate::Result<()> {
-        let req = DeleteUsersRequest { users: usernames.iter().map(|s| s.to_string()).collect() };
-        let _: serde_json::Value =
-            self.client.call(RouteId::UsersDelete, &PathParams::default(), Some(&req)).await?;
+        let req = DeleteUsersRequest {
+            users: usernames.iter().map(|s| s.to_string()).collect(),
+        };
+        let _: serde_json::Value = self
+            .client
+            .call(RouteId::UsersDelete, &PathParams::default(), Some(&req))
+            .await?;
         Ok(())
     }
 }

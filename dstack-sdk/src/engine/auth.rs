@@ -24,22 +24,32 @@ pub struct Ctx {
 impl Ctx {
     /// The caller; an internal error for unauthenticated routes (a bug in the table).
     pub fn user(&self) -> crate::Result<&UserRow> {
-        self.user.as_ref().ok_or_else(|| Error::new(ErrorKind::Internal, "route has no caller"))
+        self.user
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "route has no caller"))
     }
 
     /// The route's project.
     pub fn project(&self) -> crate::Result<&ProjectRow> {
-        self.project.as_ref().ok_or_else(|| Error::new(ErrorKind::Internal, "route has no project"))
+        self.project
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "route has no project"))
     }
 
     /// Whether the caller is a global admin.
     pub fn is_global_admin(&self) -> bool {
-        self.user.as_ref().is_some_and(|u| u.global_role == GlobalRole::Admin)
+        self.user
+            .as_ref()
+            .is_some_and(|u| u.global_role == GlobalRole::Admin)
     }
 
     /// The caller's effective project role: global admins act as project admins.
     pub fn effective_role(&self) -> Option<ProjectRole> {
-        if self.is_global_admin() { Some(ProjectRole::Admin) } else { self.role }
+        if self.is_global_admin() {
+            Some(ProjectRole::Admin)
+        } else {
+            self.role
+        }
     }
 }
 
@@ -63,13 +73,27 @@ pub(crate) async fn authorize(
     project_name: Option<&str>,
 ) -> crate::Result<Ctx> {
     if auth == Auth::None {
-        return Ok(Ctx { user: None, project: None, role: None });
+        return Ok(Ctx {
+            user: None,
+            project: None,
+            role: None,
+        });
     }
     let token = token.ok_or_else(|| Error::new(ErrorKind::Unauthenticated, "Not authenticated"))?;
-    let user = engine.user_by_token(token).await?.ok_or_else(invalid_token)?;
-    let mut ctx = Ctx { user: Some(user), project: None, role: None };
+    let user = engine
+        .user_by_token(token)
+        .await?
+        .ok_or_else(invalid_token)?;
+    let mut ctx = Ctx {
+        user: Some(user),
+        project: None,
+        role: None,
+    };
     if let Some(name) = project_name {
-        let project = engine.project_by_name(name).await?.ok_or_else(project_not_found)?;
+        let project = engine
+            .project_by_name(name)
+            .await?
+            .ok_or_else(project_not_found)?;
         ctx.role = engine.member_role(&project.id, &ctx.user()?.id).await?;
         ctx.project = Some(project);
     }
@@ -86,5 +110,9 @@ pub(crate) async fn authorize(
         }
         Auth::ProjectAdmin => role == Some(ProjectRole::Admin),
     };
-    if allowed { Ok(ctx) } else { Err(access_denied()) }
+    if allowed {
+        Ok(ctx)
+    } else {
+        Err(access_denied())
+    }
 }

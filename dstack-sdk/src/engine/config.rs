@@ -7,9 +7,9 @@ use crate::models::projects::CreateProjectRequest;
 use crate::spec::server_config::{DefaultPermissions, EncryptionKeyConfig, ServerConfig};
 use crate::{Error, ErrorKind};
 
+use super::Engine;
 use super::crypto::{Crypto, EncryptionKey};
 use super::services::users::UserRow;
-use super::Engine;
 
 /// `config.yml` as read at startup.
 pub(crate) struct Loaded {
@@ -23,13 +23,14 @@ pub(crate) fn load(engine: &Engine) -> crate::Result<Loaded> {
     if engine.inner.options.config_disabled {
         return Ok(Loaded { path, config: None });
     }
-    let config = if path.exists() {
-        Some(ServerConfig::load(&path).map_err(|e| {
-            Error::new(ErrorKind::Validation, format!("{}: {e}", path.display()))
-        })?)
-    } else {
-        None
-    };
+    let config =
+        if path.exists() {
+            Some(ServerConfig::load(&path).map_err(|e| {
+                Error::new(ErrorKind::Validation, format!("{}: {e}", path.display()))
+            })?)
+        } else {
+            None
+        };
     if let Some(cfg) = &config {
         let mut keys = Vec::new();
         for k in cfg.encryption.iter().flat_map(|e| e.keys.iter()) {
@@ -63,12 +64,19 @@ pub(crate) async fn apply(engine: &Engine, admin: &UserRow, loaded: Loaded) -> c
     };
     for name in cfg.projects.iter().map(|p| p.name.clone()) {
         let backends = cfg.project_backends(&name).map_err(|e| {
-            Error::new(ErrorKind::Validation, format!("{}: {e}", loaded.path.display()))
+            Error::new(
+                ErrorKind::Validation,
+                format!("{}: {e}", loaded.path.display()),
+            )
         })?;
         let project = match engine.project_by_name(&name).await? {
             Some(p) => p,
             None => {
-                let req = CreateProjectRequest { project_name: name.clone(), is_public: false, templates_repo: None };
+                let req = CreateProjectRequest {
+                    project_name: name.clone(),
+                    is_public: false,
+                    templates_repo: None,
+                };
                 engine.create_project_row(admin, &req).await?
             }
         };
@@ -82,7 +90,9 @@ pub(crate) async fn apply(engine: &Engine, admin: &UserRow, loaded: Loaded) -> c
                     tracing::info!(project = %name, backend = %ty, "backend updated from config.yml");
                 }
                 None => {
-                    engine.upsert_backend(&project.id, with_creds, false).await?;
+                    engine
+                        .upsert_backend(&project.id, with_creds, false)
+                        .await?;
                     tracing::info!(project = %name, backend = %ty, "backend created from config.yml");
                 }
             }
@@ -105,7 +115,10 @@ pub(crate) async fn apply(engine: &Engine, admin: &UserRow, loaded: Loaded) -> c
 
 async fn write_default(engine: &Engine, path: &std::path::Path) -> crate::Result<()> {
     let mut backends = Vec::new();
-    if let Some(main) = engine.project_by_name(super::startup::DEFAULT_PROJECT).await? {
+    if let Some(main) = engine
+        .project_by_name(super::startup::DEFAULT_PROJECT)
+        .await?
+    {
         for b in engine.backend_infos(&main.id).await? {
             if let Some(cfg) = engine.backend_config_with_creds(&main.id, &b.name).await? {
                 backends.push(cfg);
@@ -113,10 +126,15 @@ async fn write_default(engine: &Engine, path: &std::path::Path) -> crate::Result
         }
     }
     let doc = serde_json::json!({"projects": [{"name": super::startup::DEFAULT_PROJECT, "backends": backends}]});
-    let text = serde_yaml::to_string(&doc).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    let text =
+        serde_yaml::to_string(&doc).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
     }
-    std::fs::write(path, text)
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, text).map_err(|e| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })
 }

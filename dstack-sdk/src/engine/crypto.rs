@@ -22,7 +22,9 @@ pub enum CryptoError {
         name: String,
     },
     /// No configured key can decrypt the value.
-    #[error("cannot decrypt a value encrypted with key {key_type}:{key_name}: that key is not in config.yml's encryption.keys")]
+    #[error(
+        "cannot decrypt a value encrypted with key {key_type}:{key_name}: that key is not in config.yml's encryption.keys"
+    )]
     UnknownKey {
         /// `aes` or `identity`.
         key_type: String,
@@ -51,7 +53,9 @@ pub enum EncryptionKey {
 impl std::fmt::Debug for EncryptionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EncryptionKey::Aes { name, .. } => write!(f, "EncryptionKey::Aes({name:?}, <redacted>)"),
+            EncryptionKey::Aes { name, .. } => {
+                write!(f, "EncryptionKey::Aes({name:?}, <redacted>)")
+            }
             EncryptionKey::Identity => f.write_str("EncryptionKey::Identity"),
         }
     }
@@ -62,12 +66,19 @@ impl EncryptionKey {
     pub fn aes(name: &str, secret_b64: &str) -> Result<Self, CryptoError> {
         let bytes = B64
             .decode(secret_b64.trim())
-            .map_err(|_| CryptoError::BadKey { name: name.to_string() })?;
+            .map_err(|_| CryptoError::BadKey {
+                name: name.to_string(),
+            })?;
         if bytes.len() != 32 {
-            return Err(CryptoError::BadKey { name: name.to_string() });
+            return Err(CryptoError::BadKey {
+                name: name.to_string(),
+            });
         }
         let key = Key::<Aes256Gcm>::from_slice(&bytes);
-        Ok(EncryptionKey::Aes { name: name.to_string(), cipher: Box::new(Aes256Gcm::new(key)) })
+        Ok(EncryptionKey::Aes {
+            name: name.to_string(),
+            cipher: Box::new(Aes256Gcm::new(key)),
+        })
     }
 }
 
@@ -118,7 +129,8 @@ impl Crypto {
             return Ok(stored.to_string());
         };
         let mut parts = rest.splitn(3, ':');
-        let (Some(key_type), Some(key_name), Some(payload)) = (parts.next(), parts.next(), parts.next())
+        let (Some(key_type), Some(key_name), Some(payload)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(CryptoError::Malformed);
         };
@@ -131,17 +143,22 @@ impl Crypto {
                 }
                 let (nonce, ct) = raw.split_at(12);
                 for key in &self.keys {
-                    if let EncryptionKey::Aes { name, cipher } = key {
-                        if name == key_name {
-                            if let Ok(plain) = cipher.decrypt(Nonce::from_slice(nonce), ct) {
-                                return String::from_utf8(plain).map_err(|_| CryptoError::Malformed);
-                            }
-                        }
+                    if let EncryptionKey::Aes { name, cipher } = key
+                        && name == key_name
+                        && let Ok(plain) = cipher.decrypt(Nonce::from_slice(nonce), ct)
+                    {
+                        return String::from_utf8(plain).map_err(|_| CryptoError::Malformed);
                     }
                 }
-                Err(CryptoError::UnknownKey { key_type: key_type.into(), key_name: key_name.into() })
+                Err(CryptoError::UnknownKey {
+                    key_type: key_type.into(),
+                    key_name: key_name.into(),
+                })
             }
-            other => Err(CryptoError::UnknownKey { key_type: other.into(), key_name: key_name.into() }),
+            other => Err(CryptoError::UnknownKey {
+                key_type: other.into(),
+                key_name: key_name.into(),
+            }),
         }
     }
 }
@@ -177,7 +194,10 @@ mod tests {
         assert_eq!(c.decrypt(&old).unwrap(), "v");
         assert_eq!(c.decrypt("legacy-plain").unwrap(), "legacy-plain");
         let enc = c.encrypt("v");
-        assert!(matches!(plain.decrypt(&enc), Err(CryptoError::UnknownKey { .. })));
+        assert!(matches!(
+            plain.decrypt(&enc),
+            Err(CryptoError::UnknownKey { .. })
+        ));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub(crate) async fn call(
         SecretsDelete => engine.secrets_delete(&ctx, body).await,
 
         #[allow(unreachable_patterns)]
-        _ => Err(Error::new(ErrorKind::Internal, format!("route {route:?} is not implemented"))),
+        _ => Err(Error::new(
+            ErrorKind::Internal,
+            format!("route {route:?} is not implemented"),
+        )),
     }
 }

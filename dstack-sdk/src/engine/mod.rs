@@ -6,10 +6,10 @@
 //! and the embedded client share one code path, one permission check and one error mapping.
 
 pub mod auth;
+pub mod config;
 pub mod crypto;
 mod dispatch;
 pub mod services;
-pub mod config;
 pub mod startup;
 pub mod store;
 mod time;
@@ -22,8 +22,8 @@ use serde_json::Value;
 use crate::routes::{PathParams, RouteId};
 use crate::{Error, ErrorKind};
 
-pub use startup::StartupInfo;
 pub use crate::spec::server_config::DefaultPermissions;
+pub use startup::StartupInfo;
 use store::{Store, StoreError};
 
 /// How to open an engine.
@@ -56,8 +56,12 @@ impl EngineOptions {
     /// Reads the dstack environment variables on top of [`EngineOptions::new`].
     pub fn from_env(server_dir: impl Into<PathBuf>) -> Self {
         let mut o = Self::new(server_dir);
-        o.database_url = std::env::var("DSTACK_DATABASE_URL").ok().filter(|s| !s.is_empty());
-        o.admin_token = std::env::var("DSTACK_SERVER_ADMIN_TOKEN").ok().filter(|s| !s.is_empty());
+        o.database_url = std::env::var("DSTACK_DATABASE_URL")
+            .ok()
+            .filter(|s| !s.is_empty());
+        o.admin_token = std::env::var("DSTACK_SERVER_ADMIN_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty());
         o.config_disabled = env_flag("DSTACK_SERVER_CONFIG_DISABLED");
         if let Some(q) = std::env::var("DSTACK_USER_PROJECT_DEFAULT_QUOTA")
             .ok()
@@ -90,7 +94,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("server_dir", &self.inner.options.server_dir).finish()
+        f.debug_struct("Engine")
+            .field("server_dir", &self.inner.options.server_dir)
+            .finish()
     }
 }
 

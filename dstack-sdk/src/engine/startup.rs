@@ -55,5 +55,9 @@ pub(crate) async fn run(engine: &Engine) -> crate::Result<StartupInfo> {
     }
     super::config::apply(engine, &admin, config).await?;
     let admin_token = engine.crypto().decrypt(admin.token())?;
-    Ok(StartupInfo { admin_token, admin_created, default_project: DEFAULT_PROJECT.into() })
+    Ok(StartupInfo {
+        admin_token,
+        admin_created,
+        default_project: DEFAULT_PROJECT.into(),
+    })
 }

@@ -15,5 +15,7 @@ pub(crate) fn to_db(t: DateTime<Utc>) -> String {
 
 /// Parses the stored text form (`None` for garbage, which the schema never writes).
 pub(crate) fn from_db(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }

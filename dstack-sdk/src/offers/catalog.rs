@@ -574,6 +574,14 @@ fn py_numeric_text(value: &str) -> Option<std::borrow::Cow<'_, str>> {
 
 /// Parses an integer the way Python's `int(str)` does (for the values catalogs hold).
 pub(crate) fn parse_py_int(value: &str) -> Option<i64> {
+    // Fast path: plain digits, the catalogs' usual spelling.
+    if !value.is_empty() && value.len() <= 18 && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            value
+                .bytes()
+                .fold(0i64, |n, b| n * 10 + i64::from(b - b'0')),
+        );
+    }
     let text = py_numeric_text(value)?;
     let digits = text.strip_prefix(['+', '-']).unwrap_or(&text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -584,6 +592,11 @@ pub(crate) fn parse_py_int(value: &str) -> Option<i64> {
 
 /// Parses a float the way Python's `float(str)` does (including `inf`/`nan` spellings).
 pub(crate) fn parse_py_float(value: &str) -> Option<f64> {
+    // Fast path: digits, dot, exponent and signs only — a grammar Python and Rust agree on.
+    let plain = |b: u8| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-');
+    if value.bytes().all(plain) {
+        return value.parse().ok();
+    }
     let text = py_numeric_text(value)?;
     let body = text.strip_prefix(['+', '-']).unwrap_or(&text);
     let is_special = ["inf", "infinity", "nan"]

@@ -155,22 +155,19 @@ struct RangeColumn<K> {
     dense: bool,
 }
 
-impl<K: PartialOrd + Copy> RangeColumn<K> {
-    fn build(mut pairs: Vec<(K, u32)>, n_rows: usize, always: Bitset) -> Self {
+/// Rows sorted by key: the distinct keys, where each starts, and the rows.
+struct SortedRows<K> {
+    keys: Vec<K>,
+    /// `starts[i]`: first position of `keys[i]` in `rows`; then `rows.len()`.
+    starts: Vec<u32>,
+    rows: Vec<u32>,
+}
+
+impl<K: PartialOrd + Copy> SortedRows<K> {
+    /// Sorts `(key, row)` pairs (no NaN keys).
+    fn from_pairs(mut pairs: Vec<(K, u32)>) -> Self {
         pairs.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-        let len = pairs.len();
-        let step = len.div_ceil(MAX_CHECKPOINTS).max(MIN_CHECKPOINT_STEP);
-        let mut checkpoints = Vec::with_capacity(len / step + 2);
-        let mut cur = Bitset::zeros(n_rows);
-        checkpoints.push(cur.clone());
-        for (pos, &(_, row)) in pairs.iter().enumerate() {
-            cur.set(row as usize);
-            if (pos + 1) % step == 0 || pos + 1 == len {
-                checkpoints.push(cur.clone());
-            }
-        }
-        let always_count = always.count();
-        let mut keys = Vec::new();
+        let mut keys: Vec<K> = Vec::new();
         let mut starts = Vec::new();
         for (pos, &(k, _)) in pairs.iter().enumerate() {
             if keys.last().is_none_or(|last| *last < k) {
@@ -178,11 +175,34 @@ impl<K: PartialOrd + Copy> RangeColumn<K> {
                 starts.push(pos as u32);
             }
         }
-        starts.push(len as u32);
+        starts.push(pairs.len() as u32);
         Self {
             keys,
             starts,
-            rows: pairs.iter().map(|p| p.1).collect(),
+            rows: pairs.into_iter().map(|p| p.1).collect(),
+        }
+    }
+}
+
+impl<K: PartialOrd + Copy> RangeColumn<K> {
+    fn build(sorted: SortedRows<K>, n_rows: usize, always: Bitset) -> Self {
+        let SortedRows { keys, starts, rows } = sorted;
+        let len = rows.len();
+        let step = len.div_ceil(MAX_CHECKPOINTS).max(MIN_CHECKPOINT_STEP);
+        let mut checkpoints = Vec::with_capacity(len / step + 2);
+        let mut cur = Bitset::zeros(n_rows);
+        checkpoints.push(cur.clone());
+        for (pos, &row) in rows.iter().enumerate() {
+            cur.set(row as usize);
+            if (pos + 1) % step == 0 || pos + 1 == len {
+                checkpoints.push(cur.clone());
+            }
+        }
+        let always_count = always.count();
+        Self {
+            keys,
+            starts,
+            rows,
             step,
             checkpoints,
             has_always: always_count > 0,
@@ -276,16 +296,92 @@ impl<K: PartialOrd + Copy> RangeColumn<K> {
 /// with NaN are all false, and a missing disk size is never filtered, so it is stored as NaN).
 fn float_column(keys: &[f64]) -> RangeColumn<f64> {
     let n_rows = keys.len();
-    let mut pairs = Vec::with_capacity(n_rows);
     let mut always = Bitset::zeros(n_rows);
+    let mut present = Vec::with_capacity(n_rows);
+    let mut in_order = true;
+    let mut last = f64::NEG_INFINITY;
     for (row, &k) in keys.iter().enumerate() {
         if k.is_nan() {
             always.set(row);
         } else {
-            pairs.push((k, row as u32));
+            in_order &= last <= k;
+            last = k;
+            present.push(row as u32);
         }
     }
-    RangeColumn::build(pairs, n_rows, always)
+    let sorted = if in_order {
+        // Already in key order (the price column of price-sorted providers).
+        let mut distinct: Vec<f64> = Vec::new();
+        let mut starts = Vec::new();
+        for (pos, &row) in present.iter().enumerate() {
+            let k = keys[row as usize];
+            if distinct.last().is_none_or(|d| *d < k) {
+                distinct.push(k);
+                starts.push(pos as u32);
+            }
+        }
+        starts.push(present.len() as u32);
+        SortedRows {
+            keys: distinct,
+            starts,
+            rows: present,
+        }
+    } else {
+        counting_sort(keys, present).unwrap_or_else(|present| {
+            SortedRows::from_pairs(present.iter().map(|&r| (keys[r as usize], r)).collect())
+        })
+    };
+    RangeColumn::build(sorted, n_rows, always)
+}
+
+/// Most distinct keys for which [`counting_sort`] is used.
+const MAX_COUNTING_KEYS: usize = 0;
+
+/// Sorts rows by a low-cardinality key in linear time; gives `present` back when there are too
+/// many distinct keys.
+fn counting_sort(keys: &[f64], present: Vec<u32>) -> Result<SortedRows<f64>, Vec<u32>> {
+    // -0.0 and 0.0 compare equal, so they share a bucket.
+    let bits = |k: f64| if k == 0.0 { 0 } else { k.to_bits() };
+    let mut ids: FnvMap<u64, u32> = FnvMap::default();
+    let mut distinct: Vec<f64> = Vec::new();
+    let mut row_ids = Vec::with_capacity(present.len());
+    for &row in &present {
+        let k = keys[row as usize];
+        let id = *ids.entry(bits(k)).or_insert_with(|| {
+            distinct.push(k);
+            distinct.len() as u32 - 1
+        });
+        if distinct.len() > MAX_COUNTING_KEYS {
+            return Err(present);
+        }
+        row_ids.push(id);
+    }
+    let mut by_value: Vec<u32> = (0..distinct.len() as u32).collect();
+    by_value.sort_unstable_by(|&a, &b| distinct[a as usize].total_cmp(&distinct[b as usize]));
+    let mut rank = vec![0u32; distinct.len()];
+    for (r, &id) in by_value.iter().enumerate() {
+        rank[id as usize] = r as u32;
+    }
+    let mut starts = vec![0u32; distinct.len() + 1];
+    for &id in &row_ids {
+        starts[rank[id as usize] as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut rows = vec![0u32; present.len()];
+    for (&row, &id) in present.iter().zip(&row_ids) {
+        let slot = &mut next[rank[id as usize] as usize];
+        rows[*slot as usize] = row;
+        *slot += 1;
+    }
+    let sorted_keys = by_value.iter().map(|&id| distinct[id as usize]).collect();
+    Ok(SortedRows {
+        keys: sorted_keys,
+        starts,
+        rows,
+    })
 }
 
 /// Builds the compute-capability column; rows without a capability fail every bound.
@@ -295,10 +391,14 @@ fn cc_column(keys: &[Option<u64>]) -> RangeColumn<u64> {
         .enumerate()
         .filter_map(|(row, k)| k.map(|k| (k, row as u32)))
         .collect();
-    RangeColumn::build(pairs, keys.len(), Bitset::zeros(keys.len()))
+    RangeColumn::build(
+        SortedRows::from_pairs(pairs),
+        keys.len(),
+        Bitset::zeros(keys.len()),
+    )
 }
 
-/// FNV-1a: a fast hasher for the short strings interned while building the index.
+/// FNV-1a: a fast hasher for the short strings and float keys hashed while building the index.
 struct Fnv(u64);
 
 impl Default for Fnv {
@@ -316,6 +416,15 @@ impl std::hash::Hasher for Fnv {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
+    }
+
+    /// Whole words (float bit patterns) get a splitmix64 finalizer, so that keys differing only
+    /// in high bits still spread over the table.
+    fn write_u64(&mut self, n: u64) {
+        let mut x = self.0 ^ n;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = x ^ (x >> 31);
     }
 }
 
@@ -912,6 +1021,44 @@ mod tests {
         check(true, 7, 1);
         let index = CatalogIndex::build(&[]);
         assert!(index.query(&QueryFilter::default(), None, None).is_empty());
+    }
+
+    #[test]
+    fn float_columns_sort_every_way() {
+        let mut rng = Rng(99);
+        for distinct in [3usize, 50, 6000] {
+            let n = 20_000;
+            let mut keys: Vec<f64> = (0..n).map(|_| rng.below(distinct) as f64 - 1.0).collect();
+            keys[7] = f64::NAN;
+            keys[8] = -0.0;
+            let mut sorted_keys = keys.clone();
+            sorted_keys.sort_by(f64::total_cmp);
+            for column_keys in [&keys, &sorted_keys] {
+                let col = float_column(column_keys);
+                let mut keep = Vec::new();
+                for _ in 0..50 {
+                    let lo = rng
+                        .chance(0.8)
+                        .then(|| rng.below(distinct + 2) as f64 - 2.0);
+                    let hi = rng
+                        .chance(0.8)
+                        .then(|| rng.below(distinct + 2) as f64 - 2.0);
+                    let mut acc = Bitset::ones(n);
+                    col.and_range(&mut acc, lo, hi, &mut keep);
+                    let want: Vec<usize> = (0..n)
+                        .filter(|&r| {
+                            let k = column_keys[r];
+                            !(lo.is_some_and(|l| k < l) || hi.is_some_and(|h| k > h))
+                        })
+                        .collect();
+                    assert_eq!(
+                        acc.iter_ones().collect::<Vec<_>>(),
+                        want,
+                        "{distinct} {lo:?} {hi:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,31 +11,42 @@ pub fn render(e: &Error) -> (StatusCode, Json<Value>) {
     match (e.kind(), e.shape()) {
         (_, HttpShape::RequestValidation) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"detail": [{"type": "value_error", "loc": ["body"], "msg": msg, "input": null}]})),
+            Json(
+                json!({"detail": [{"type": "value_error", "loc": ["body"], "msg": msg, "input": null}]}),
+            ),
         ),
-        (_, HttpShape::DependencyNotFound) => {
-            (StatusCode::NOT_FOUND, Json(json!({"detail": {"msg": msg, "code": null}})))
-        }
-        (ErrorKind::Forbidden, HttpShape::Unwrapped) => {
-            (StatusCode::FORBIDDEN, Json(json!({"msg": msg, "code": null})))
-        }
+        (_, HttpShape::DependencyNotFound) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"detail": {"msg": msg, "code": null}})),
+        ),
+        (ErrorKind::Forbidden, HttpShape::Unwrapped) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"msg": msg, "code": null})),
+        ),
         // FastAPI's HTTPBearer (the version dstack 0.22.5 ships) answers 401 without a header.
-        (ErrorKind::Unauthenticated, _) if msg == "Not authenticated" => {
-            (StatusCode::UNAUTHORIZED, Json(json!({"detail": "Not authenticated"})))
-        }
-        (ErrorKind::Unauthenticated | ErrorKind::Forbidden, _) => {
-            (StatusCode::FORBIDDEN, Json(json!({"detail": {"msg": msg, "code": null}})))
-        }
+        (ErrorKind::Unauthenticated, _) if msg == "Not authenticated" => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"detail": "Not authenticated"})),
+        ),
+        (ErrorKind::Unauthenticated | ErrorKind::Forbidden, _) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"detail": {"msg": msg, "code": null}})),
+        ),
         (ErrorKind::Internal, _) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"detail": [{"msg": "Internal server error: see the server log", "code": "error"}]})),
+            Json(
+                json!({"detail": [{"msg": "Internal server error: see the server log", "code": "error"}]}),
+            ),
         ),
         (kind, _) => {
             let code = kind.dstack_code();
             let detail: Vec<Value> = if e.fields().is_empty() {
                 vec![json!({"msg": msg, "code": code})]
             } else {
-                e.fields().iter().map(|f| json!({"msg": msg, "code": code, "fields": f})).collect()
+                e.fields()
+                    .iter()
+                    .map(|f| json!({"msg": msg, "code": code, "fields": f}))
+                    .collect()
             };
             (StatusCode::BAD_REQUEST, Json(json!({ "detail": detail })))
         }

@@ -18,7 +18,6 @@ use axum::routing::{get, post};
 use dstack_sdk::engine::Engine;
 use dstack_sdk::routes::{PathParams, ROUTES, RouteId};
 
-
 /// Request bodies larger than this get 413 (code uploads have their own, larger limit).
 const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
@@ -46,7 +45,9 @@ pub fn router(state: AppState) -> Router {
                 move |State(st): State<AppState>,
                       Path(params): Path<HashMap<String, String>>,
                       headers: HeaderMap,
-                      body: Bytes| async move { handle(st, id, params, headers, body).await },
+                      body: Bytes| async move {
+                    handle(st, id, params, headers, body).await
+                },
             ),
         );
     }
@@ -66,7 +67,10 @@ async fn handle(
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         None

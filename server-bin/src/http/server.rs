@@ -4,7 +4,6 @@ use axum::Json;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-
 /// `GET /healthcheck` → `{"status":"running"}`.
 pub async fn healthcheck() -> Json<Value> {
     Json(json!({"status": "running"}))

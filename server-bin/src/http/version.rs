@@ -31,13 +31,12 @@ fn parse_version(s: &str) -> Option<Version> {
 /// Rejects clients newer than this server in major or minor, as dstack does.
 pub async fn check_client_version(req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path.starts_with("/api/") && path != "/api/docs" {
-        if let Some(value) = req.headers().get("x-api-version") {
-            let raw = value.to_str().unwrap_or_default().to_string();
-            if let Some(resp) = version_error(&raw) {
-                return resp;
-            }
-        }
+    if path.starts_with("/api/")
+        && path != "/api/docs"
+        && let Some(value) = req.headers().get("x-api-version")
+        && let Some(resp) = version_error(value.to_str().unwrap_or_default())
+    {
+        return resp;
     }
     next.run(req).await
 }
@@ -62,7 +61,11 @@ fn version_error(raw: &str) -> Option<Response> {
 }
 
 fn bad_request(msg: String, code: Option<&str>) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"detail": [{"msg": msg, "code": code}]}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"detail": [{"msg": msg, "code": code}]})),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

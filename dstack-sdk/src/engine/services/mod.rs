@@ -14,7 +14,9 @@ use crate::{Error, ErrorKind, HttpShape};
 /// Parses a request body as dstack's request models do: a missing body is read as `{}`
 /// (optional bodies get their defaults, required fields give a 422) and unknown keys are
 /// refused with a 422 (`extra=forbid`).
-pub(crate) fn parse_body<T: DeserializeOwned + serde::Serialize>(body: Option<Value>) -> crate::Result<T> {
+pub(crate) fn parse_body<T: DeserializeOwned + serde::Serialize>(
+    body: Option<Value>,
+) -> crate::Result<T> {
     let body = body.unwrap_or_else(|| Value::Object(Default::default()));
     let parsed: T = serde_json::from_value(body.clone()).map_err(|e| {
         Error::new(ErrorKind::Validation, format!("Invalid request body: {e}"))
@@ -47,8 +49,13 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> crate::Result<Value> {
 /// A new OpenSSH keypair `(private, public)` for a user or project.
 pub(crate) fn generate_ssh_keypair(comment: &str) -> crate::Result<(String, String)> {
     use ssh_key::rand_core::OsRng;
-    let key = ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519)
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("ssh key generation failed: {e}")))?;
+    let key =
+        ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("ssh key generation failed: {e}"),
+            )
+        })?;
     let private = key
         .to_openssh(ssh_key::LineEnding::LF)
         .map_err(|e| Error::new(ErrorKind::Internal, format!("ssh key encoding failed: {e}")))?
@@ -67,7 +74,9 @@ pub(crate) fn generate_ssh_keypair(comment: &str) -> crate::Result<(String, Stri
 pub(crate) fn valid_name(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A random suffix for the names of soft-deleted rows.
@@ -89,7 +98,11 @@ pub(crate) fn paginate<T, K: Ord + Clone>(
     items.sort_by(|a, b| {
         let (ka, ia) = key(a);
         let (kb, ib) = key(b);
-        if ascending { ka.cmp(&kb).then(ib.cmp(&ia)) } else { kb.cmp(&ka).then(ia.cmp(&ib)) }
+        if ascending {
+            ka.cmp(&kb).then(ib.cmp(&ia))
+        } else {
+            kb.cmp(&ka).then(ia.cmp(&ib))
+        }
     });
     if let Some(pk) = prev_key {
         items.retain(|it| {
@@ -97,7 +110,11 @@ pub(crate) fn paginate<T, K: Ord + Clone>(
             let after_key = if ascending { k > pk } else { k < pk };
             let same_key_after_id = match &prev_id {
                 Some(pid) if k == pk => {
-                    if ascending { id < *pid } else { id > *pid }
+                    if ascending {
+                        id < *pid
+                    } else {
+                        id > *pid
+                    }
                 }
                 _ => false,
             };

@@ -82,8 +82,10 @@ impl Engine {
     /// A non-deleted project by name (case-insensitive).
     pub(crate) async fn project_by_name(&self, name: &str) -> crate::Result<Option<ProjectRow>> {
         let q = select_projects!("lower(name) = lower($1) AND NOT deleted");
-        let row: Option<RawProject> =
-            sqlx::query_as(q).bind(name).fetch_optional(self.store().reader()).await?;
+        let row: Option<RawProject> = sqlx::query_as(q)
+            .bind(name)
+            .fetch_optional(self.store().reader())
+            .await?;
         Ok(row.map(ProjectRow::from))
     }
 
@@ -99,12 +101,13 @@ impl Engine {
         project_id: &str,
         user_id: &str,
     ) -> crate::Result<Option<ProjectRole>> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT project_role FROM members WHERE project_id = $1 AND user_id = $2")
-                .bind(project_id)
-                .bind(user_id)
-                .fetch_optional(self.store().reader())
-                .await?;
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT project_role FROM members WHERE project_id = $1 AND user_id = $2",
+        )
+        .bind(project_id)
+        .bind(user_id)
+        .fetch_optional(self.store().reader())
+        .await?;
         Ok(row.map(|r| project_role_from_db(&r.0)))
     }
 
@@ -125,7 +128,11 @@ impl Engine {
         Ok(out)
     }
 
-    pub(crate) fn member_permissions(&self, user: &UserRow, role: ProjectRole) -> MemberPermissions {
+    pub(crate) fn member_permissions(
+        &self,
+        user: &UserRow,
+        role: ProjectRole,
+    ) -> MemberPermissions {
         let perms = self.permissions();
         let admin = user.global_role == GlobalRole::Admin || role == ProjectRole::Admin;
         MemberPermissions {
@@ -183,7 +190,10 @@ impl Engine {
             ));
         }
         if self.project_by_name(&req.project_name).await?.is_some() {
-            return Err(Error::new(ErrorKind::AlreadyExists, "Project already exists"));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "Project already exists",
+            ));
         }
         let (private, public) = generate_ssh_keypair(&format!("{}@dstack", req.project_name))?;
         let id = Uuid::new_v4().to_string();
@@ -218,7 +228,11 @@ impl Engine {
             .ok_or_else(|| Error::new(ErrorKind::Internal, "project vanished"))
     }
 
-    pub(crate) async fn projects_list(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn projects_list(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: ListProjectsRequest = parse_body(body)?;
         let me = ctx.user()?;
         let mut visible = Vec::new();
@@ -248,7 +262,10 @@ impl Engine {
             projects.push(self.project_model(p, false).await?);
         }
         let resp = if req.return_total_count {
-            ProjectsListResponse::WithTotal(ProjectsInfoList { total_count: Some(total), projects })
+            ProjectsListResponse::WithTotal(ProjectsInfoList {
+                total_count: Some(total),
+                projects,
+            })
         } else {
             ProjectsListResponse::List(projects)
         };
@@ -259,9 +276,11 @@ impl Engine {
         let me = ctx.user()?;
         let mut out = Vec::new();
         let mut projects = self.all_projects().await?;
-        projects.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        projects.sort_by_key(|p| p.created_at);
         for p in projects {
-            if self.member_role(&p.id, &me.id).await?.is_some() && !self.project_has_fleets(&p.id).await? {
+            if self.member_role(&p.id, &me.id).await?.is_some()
+                && !self.project_has_fleets(&p.id).await?
+            {
                 out.push(self.project_model(&p, false).await?);
             }
         }
@@ -273,19 +292,22 @@ impl Engine {
         Ok(false)
     }
 
-    pub(crate) async fn projects_create(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn projects_create(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: CreateProjectRequest = parse_body(body)?;
         let me = ctx.user()?;
         if me.global_role != GlobalRole::Admin {
             if !self.permissions().allow_non_admins_create_projects {
                 return Err(Error::forbidden_action("Only admins can create projects"));
             }
-            let (owned,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM projects WHERE owner_id = $1 AND NOT deleted",
-            )
-            .bind(&me.id)
-            .fetch_one(self.store().reader())
-            .await?;
+            let (owned,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM projects WHERE owner_id = $1 AND NOT deleted")
+                    .bind(&me.id)
+                    .fetch_one(self.store().reader())
+                    .await?;
             let quota = i64::from(self.inner.options.user_project_quota);
             if owned >= quota {
                 return Err(Error::bad_request(format!(
@@ -297,14 +319,19 @@ impl Engine {
         to_json(&self.project_model(&row, true).await?)
     }
 
-    pub(crate) async fn projects_delete(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn projects_delete(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: DeleteProjectsRequest = parse_body(body)?;
         let me = ctx.user()?;
         let mut targets = Vec::new();
         for name in &req.projects_names {
-            let p = self.project_by_name(name).await?.ok_or_else(|| {
-                Error::bad_request(format!("Project {name} does not exist"))
-            })?;
+            let p = self
+                .project_by_name(name)
+                .await?
+                .ok_or_else(|| Error::bad_request(format!("Project {name} does not exist")))?;
             if me.global_role != GlobalRole::Admin
                 && p.owner_id != me.id
                 && self.member_role(&p.id, &me.id).await? != Some(ProjectRole::Admin)
@@ -337,14 +364,20 @@ impl Engine {
         to_json(&self.project_model(ctx.project()?, true).await?)
     }
 
-    pub(crate) async fn projects_update(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn projects_update(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: UpdateProjectRequest = parse_body(body)?;
         let p = ctx.project()?;
         let is_public = req.is_public.unwrap_or(p.is_public);
         let templates_repo = if req.reset_templates_repo {
             None
         } else {
-            req.templates_repo.clone().or_else(|| p.templates_repo.clone())
+            req.templates_repo
+                .clone()
+                .or_else(|| p.templates_repo.clone())
         };
         let mut tx = self.store().begin().await?;
         sqlx::query("UPDATE projects SET is_public = $1, templates_repo = $2 WHERE id = $3")
@@ -354,7 +387,10 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        let row = self.project_by_name(&p.name).await?.ok_or_else(Error::not_found)?;
+        let row = self
+            .project_by_name(&p.name)
+            .await?
+            .ok_or_else(Error::not_found)?;
         to_json(&self.project_model(&row, true).await?)
     }
 
@@ -383,7 +419,11 @@ impl Engine {
         Ok(out)
     }
 
-    pub(crate) async fn projects_set_members(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn projects_set_members(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: SetProjectMembersRequest = parse_body(body)?;
         let p = ctx.project()?;
         let new = self.resolve_members(&req.members, true).await?;
@@ -402,11 +442,16 @@ impl Engine {
                 .map(|(u, _)| u.id.clone())
                 .collect();
             if old_admins != new_admins {
-                return Err(Error::forbidden_action("Only project admins can manage admins"));
+                return Err(Error::forbidden_action(
+                    "Only project admins can manage admins",
+                ));
             }
         }
         let mut tx = self.store().begin().await?;
-        sqlx::query("DELETE FROM members WHERE project_id = $1").bind(&p.id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM members WHERE project_id = $1")
+            .bind(&p.id)
+            .execute(&mut *tx)
+            .await?;
         for (i, (u, role)) in new.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO members (id, project_id, user_id, project_role, member_num) \
@@ -424,7 +469,11 @@ impl Engine {
         to_json(&self.project_model(p, true).await?)
     }
 
-    pub(crate) async fn projects_add_members(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn projects_add_members(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: AddProjectMembersRequest = parse_body(body)?;
         let p = ctx.project()?;
         let me = ctx.user()?;
@@ -434,7 +483,9 @@ impl Engine {
             Some(ProjectRole::Admin) => {}
             Some(ProjectRole::Manager) => {
                 if add.iter().any(|(_, r)| *r == ProjectRole::Admin) {
-                    return Err(Error::forbidden_action("Only project admins can add admins"));
+                    return Err(Error::forbidden_action(
+                        "Only project admins can add admins",
+                    ));
                 }
             }
             _ => {
@@ -456,14 +507,18 @@ impl Engine {
         for (u, r) in &add {
             if let Some((_, old_role)) = existing.iter().find(|(eu, _)| eu.id == u.id) {
                 if *old_role == ProjectRole::Admin && role != Some(ProjectRole::Admin) {
-                    return Err(Error::forbidden_action("Only project admins can change admins"));
+                    return Err(Error::forbidden_action(
+                        "Only project admins can change admins",
+                    ));
                 }
-                sqlx::query("UPDATE members SET project_role = $1 WHERE project_id = $2 AND user_id = $3")
-                    .bind(project_role_to_db(*r))
-                    .bind(&p.id)
-                    .bind(&u.id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE members SET project_role = $1 WHERE project_id = $2 AND user_id = $3",
+                )
+                .bind(project_role_to_db(*r))
+                .bind(&p.id)
+                .bind(&u.id)
+                .execute(&mut *tx)
+                .await?;
             } else {
                 sqlx::query(
                     "INSERT INTO members (id, project_id, user_id, project_role, member_num) \
@@ -495,14 +550,23 @@ impl Engine {
         let members = self.members(&p.id).await?;
         let mut remove = Vec::new();
         for name in &req.usernames {
-            let Some((u, r)) = members.iter().find(|(u, _)| u.name.eq_ignore_ascii_case(name)) else {
-                return Err(Error::bad_request(format!("User {name} is not a member of the project")));
+            let Some((u, r)) = members
+                .iter()
+                .find(|(u, _)| u.name.eq_ignore_ascii_case(name))
+            else {
+                return Err(Error::bad_request(format!(
+                    "User {name} is not a member of the project"
+                )));
             };
             let manager = matches!(role, Some(ProjectRole::Admin | ProjectRole::Manager));
             if !manager && u.id != me.id {
                 return Err(Error::forbidden_action("You can only remove yourself"));
             }
-            if *r == ProjectRole::Admin && u.id != me.id && !ctx.is_global_admin() && role != Some(ProjectRole::Admin) {
+            if *r == ProjectRole::Admin
+                && u.id != me.id
+                && !ctx.is_global_admin()
+                && role != Some(ProjectRole::Admin)
+            {
                 return Err(Error::forbidden_action("Only admins can remove admins"));
             }
             remove.push(u.id.clone());

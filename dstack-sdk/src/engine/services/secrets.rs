@@ -3,11 +3,13 @@
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::Error;
 use crate::engine::auth::Ctx;
 use crate::engine::{Engine, time};
-use crate::models::secrets::{CreateOrUpdateSecretRequest, DeleteSecretsRequest, GetSecretRequest, Secret};
+use crate::models::secrets::{
+    CreateOrUpdateSecretRequest, DeleteSecretsRequest, GetSecretRequest, Secret,
+};
 use crate::models::users::ProjectRole;
-use crate::Error;
 
 use super::{parse_body, to_json, valid_name};
 
@@ -19,7 +21,11 @@ impl Engine {
             Some(ProjectRole::Manager) => self.permissions().allow_managers_manage_secrets,
             _ => false,
         };
-        if ok { Ok(()) } else { Err(Error::forbidden_action("Access denied")) }
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::forbidden_action("Access denied"))
+        }
     }
 
     pub(crate) async fn secrets_list(&self, ctx: &Ctx) -> crate::Result<Value> {
@@ -31,18 +37,23 @@ impl Engine {
                 .await?;
         let list: Vec<Secret> = rows
             .into_iter()
-            .map(|(id, name)| Secret { id: Uuid::parse_str(&id).unwrap_or_default(), name, value: None })
+            .map(|(id, name)| Secret {
+                id: Uuid::parse_str(&id).unwrap_or_default(),
+                name,
+                value: None,
+            })
             .collect();
         to_json(&list)
     }
 
     async fn secret(&self, project_id: &str, name: &str) -> crate::Result<Option<Secret>> {
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT id, name, value FROM secrets WHERE project_id = $1 AND name = $2")
-                .bind(project_id)
-                .bind(name)
-                .fetch_optional(self.store().reader())
-                .await?;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT id, name, value FROM secrets WHERE project_id = $1 AND name = $2",
+        )
+        .bind(project_id)
+        .bind(name)
+        .fetch_optional(self.store().reader())
+        .await?;
         row.map(|(id, name, value)| {
             Ok(Secret {
                 id: Uuid::parse_str(&id).unwrap_or_default(),
@@ -56,7 +67,10 @@ impl Engine {
     pub(crate) async fn secrets_get(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
         self.check_can_manage_secrets(ctx)?;
         let req: GetSecretRequest = parse_body(body)?;
-        let s = self.secret(&ctx.project()?.id, &req.name).await?.ok_or_else(Error::not_found)?;
+        let s = self
+            .secret(&ctx.project()?.id, &req.name)
+            .await?
+            .ok_or_else(Error::not_found)?;
         to_json(&s)
     }
 
@@ -74,7 +88,10 @@ impl Engine {
             ));
         }
         if req.value.chars().count() > 5000 {
-            return Err(Error::validation(&["value"], "Secret value length must not exceed 5000"));
+            return Err(Error::validation(
+                &["value"],
+                "Secret value length must not exceed 5000",
+            ));
         }
         let project_id = ctx.project()?.id.clone();
         let now = time::to_db(time::now());
@@ -93,11 +110,18 @@ impl Engine {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let s = self.secret(&project_id, &req.name).await?.ok_or_else(Error::not_found)?;
+        let s = self
+            .secret(&project_id, &req.name)
+            .await?
+            .ok_or_else(Error::not_found)?;
         to_json(&s)
     }
 
-    pub(crate) async fn secrets_delete(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn secrets_delete(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         self.check_can_manage_secrets(ctx)?;
         let req: DeleteSecretsRequest = parse_body(body)?;
         let project_id = &ctx.project()?.id;
@@ -110,7 +134,10 @@ impl Engine {
                 .await?;
             if r.rows_affected() == 0 {
                 // Dropping the transaction rolls back the names deleted so far.
-                return Err(Error::new(crate::ErrorKind::NotFound, format!("Secret {name} not found")));
+                return Err(Error::new(
+                    crate::ErrorKind::NotFound,
+                    format!("Secret {name} not found"),
+                ));
             }
         }
         tx.commit().await?;

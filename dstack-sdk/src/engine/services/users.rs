@@ -49,10 +49,24 @@ macro_rules! select_users {
     };
 }
 
-type RawUser = (String, String, String, String, String, Option<String>, bool, Option<String>, Option<String>);
+type RawUser = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    bool,
+    Option<String>,
+    Option<String>,
+);
 
 fn role_from_db(s: &str) -> GlobalRole {
-    if s.eq_ignore_ascii_case("admin") { GlobalRole::Admin } else { GlobalRole::User }
+    if s.eq_ignore_ascii_case("admin") {
+        GlobalRole::Admin
+    } else {
+        GlobalRole::User
+    }
 }
 
 fn role_to_db(r: GlobalRole) -> &'static str {
@@ -89,18 +103,28 @@ impl Engine {
     /// The active, non-deleted user holding `token`.
     pub(crate) async fn user_by_token(&self, token: &str) -> crate::Result<Option<UserRow>> {
         let q = select_users!("token_hash = $1 AND active AND NOT deleted");
-        let row: Option<RawUser> =
-            sqlx::query_as(q).bind(token_hash(token)).fetch_optional(self.store().reader()).await?;
-        let Some(row) = row.map(UserRow::from) else { return Ok(None) };
+        let row: Option<RawUser> = sqlx::query_as(q)
+            .bind(token_hash(token))
+            .fetch_optional(self.store().reader())
+            .await?;
+        let Some(row) = row.map(UserRow::from) else {
+            return Ok(None);
+        };
         // The hash found the row; the stored token must also match exactly.
-        if self.crypto().decrypt(&row.token)? == token { Ok(Some(row)) } else { Ok(None) }
+        if self.crypto().decrypt(&row.token)? == token {
+            Ok(Some(row))
+        } else {
+            Ok(None)
+        }
     }
 
     /// A non-deleted user by name (case-insensitive).
     pub(crate) async fn user_by_name(&self, name: &str) -> crate::Result<Option<UserRow>> {
         let q = select_users!("lower(name) = lower($1) AND NOT deleted");
-        let row: Option<RawUser> =
-            sqlx::query_as(q).bind(name).fetch_optional(self.store().reader()).await?;
+        let row: Option<RawUser> = sqlx::query_as(q)
+            .bind(name)
+            .fetch_optional(self.store().reader())
+            .await?;
         Ok(row.map(UserRow::from))
     }
 
@@ -110,16 +134,20 @@ impl Engine {
             return Ok(Some(u));
         }
         let q = select_users!("lower(email) = lower($1) AND NOT deleted");
-        let row: Option<RawUser> =
-            sqlx::query_as(q).bind(s).fetch_optional(self.store().reader()).await?;
+        let row: Option<RawUser> = sqlx::query_as(q)
+            .bind(s)
+            .fetch_optional(self.store().reader())
+            .await?;
         Ok(row.map(UserRow::from))
     }
 
     /// A user by id (deleted ones included: owners of old projects).
     pub(crate) async fn user_by_id(&self, id: &str) -> crate::Result<Option<UserRow>> {
         let q = select_users!("id = $1");
-        let row: Option<RawUser> =
-            sqlx::query_as(q).bind(id).fetch_optional(self.store().reader()).await?;
+        let row: Option<RawUser> = sqlx::query_as(q)
+            .bind(id)
+            .fetch_optional(self.store().reader())
+            .await?;
         Ok(row.map(UserRow::from))
     }
 
@@ -134,7 +162,9 @@ impl Engine {
             global_role: u.global_role,
             email: u.email.clone(),
             active: u.active,
-            permissions: UserPermissions { can_create_projects },
+            permissions: UserPermissions {
+                can_create_projects,
+            },
             ssh_public_key: u.ssh_public_key.clone(),
         }
     }
@@ -143,8 +173,14 @@ impl Engine {
         let crypto = self.crypto();
         Ok(UserWithCreds {
             user: self.user_model(u),
-            creds: UserTokenCreds { token: crypto.decrypt(&u.token)? },
-            ssh_private_key: u.ssh_private_key.as_deref().map(|k| crypto.decrypt(k)).transpose()?,
+            creds: UserTokenCreds {
+                token: crypto.decrypt(&u.token)?,
+            },
+            ssh_private_key: u
+                .ssh_private_key
+                .as_deref()
+                .map(|k| crypto.decrypt(k))
+                .transpose()?,
         })
     }
 
@@ -163,7 +199,9 @@ impl Engine {
         if self.user_by_name(&req.username).await?.is_some() {
             return Err(Error::new(ErrorKind::AlreadyExists, "User already exists"));
         }
-        let token = token.map(str::to_string).unwrap_or_else(|| Uuid::new_v4().to_string());
+        let token = token
+            .map(str::to_string)
+            .unwrap_or_else(|| Uuid::new_v4().to_string());
         let (private, public) = generate_ssh_keypair(&format!("{}@dstack", req.username))?;
         let crypto = self.crypto();
         let id = Uuid::new_v4().to_string();
@@ -187,7 +225,9 @@ impl Engine {
         .await
         .map_err(|e| unique_violation(e, "User already exists"))?;
         tx.commit().await?;
-        self.user_by_id(&id).await?.ok_or_else(|| Error::new(ErrorKind::Internal, "user vanished"))
+        self.user_by_id(&id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "user vanished"))
     }
 
     pub(crate) async fn users_list(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
@@ -215,7 +255,10 @@ impl Engine {
         );
         let users: Vec<User> = page.iter().map(|u| self.user_model(u)).collect();
         let resp = if req.return_total_count {
-            UsersListResponse::WithTotal(UsersInfoList { total_count: Some(total), users })
+            UsersListResponse::WithTotal(UsersInfoList {
+                total_count: Some(total),
+                users,
+            })
         } else {
             UsersListResponse::List(users)
         };
@@ -226,7 +269,11 @@ impl Engine {
         to_json(&self.user_with_creds(ctx.user()?)?)
     }
 
-    pub(crate) async fn users_get_user(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn users_get_user(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: GetUserRequest = parse_body(body)?;
         let me = ctx.user()?;
         let target = self.user_by_name(&req.username).await?;
@@ -238,13 +285,21 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn users_create(&self, _ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn users_create(
+        &self,
+        _ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: CreateUserRequest = parse_body(body)?;
         let row = self.create_user_row(&req, None).await?;
         to_json(&self.user_model(&row))
     }
 
-    pub(crate) async fn users_update(&self, _ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn users_update(
+        &self,
+        _ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: CreateUserRequest = parse_body(body)?;
         let Some(u) = self.user_by_name(&req.username).await? else {
             return Err(Error::not_found());
@@ -314,7 +369,11 @@ impl Engine {
         to_json(&self.user_with_creds(&row)?)
     }
 
-    pub(crate) async fn users_delete(&self, _ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn users_delete(
+        &self,
+        _ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: DeleteUsersRequest = parse_body(body)?;
         let mut targets = Vec::new();
         for name in &req.users {
@@ -337,7 +396,10 @@ impl Engine {
             .bind(&u.id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM members WHERE user_id = $1").bind(&u.id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM members WHERE user_id = $1")
+                .bind(&u.id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(Value::Null)
@@ -346,10 +408,10 @@ impl Engine {
 
 /// Maps a unique-constraint violation (a concurrent duplicate) to `resource_exists`.
 pub(crate) fn unique_violation(e: sqlx::Error, msg: &str) -> Error {
-    if let sqlx::Error::Database(db) = &e {
-        if db.is_unique_violation() {
-            return Error::new(ErrorKind::AlreadyExists, msg);
-        }
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return Error::new(ErrorKind::AlreadyExists, msg);
     }
     Error::from(e)
 }

@@ -16,7 +16,9 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database URL is not one this build supports.
-    #[error("unsupported database URL {0:?}: use sqlite:///<path> (Postgres arrives with the replicas work)")]
+    #[error(
+        "unsupported database URL {0:?}: use sqlite:///<path> (Postgres arrives with the replicas work)"
+    )]
     UnsupportedUrl(String),
     /// Opening or migrating the database failed.
     #[error("cannot open the database: {0}")]
@@ -81,7 +83,10 @@ impl Store {
             .await
             .map_err(StoreError::Open)?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { writer: pool.clone(), reader: pool })
+        Ok(Self {
+            writer: pool.clone(),
+            reader: pool,
+        })
     }
 
     async fn open_with(opts: SqliteConnectOptions) -> Result<Self, StoreError> {
