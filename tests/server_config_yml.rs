@@ -137,3 +137,43 @@ async fn default_config_is_written_and_bad_config_stops_the_server() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_config_points_at_this_server() {
+    use std::io::{BufRead, BufReader};
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".dstack")).unwrap();
+    // An existing default project elsewhere stays the default; `main` is added beside it.
+    std::fs::write(
+        home.path().join(".dstack/config.yml"),
+        "projects:\n- name: other\n  url: http://example:3000\n  token: x\n  default: true\n",
+    )
+    .unwrap();
+    let port = support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dstack-server"))
+        .env("DSTACK_SERVER_DIR", home.path().join("server"))
+        .env("DSTACK_SERVER_PORT", port.to_string())
+        .env("DSTACK_SERVER_ADMIN_TOKEN", "cli-token")
+        .env_remove("DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT")
+        .env("HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().contains("is running at") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(home.path().join(".dstack/config.yml")).unwrap()).unwrap();
+    let projects = cfg["projects"].as_sequence().unwrap();
+    let main = projects.iter().find(|p| p["name"] == "main").unwrap();
+    assert_eq!(main["url"].as_str().unwrap(), format!("http://127.0.0.1:{port}"));
+    assert_eq!(main["token"].as_str().unwrap(), "cli-token");
+    assert_eq!(main["default"].as_bool(), Some(false));
+    let other = projects.iter().find(|p| p["name"] == "other").unwrap();
+    assert_eq!(other["default"].as_bool(), Some(true));
+}

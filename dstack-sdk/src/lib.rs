@@ -27,6 +27,8 @@ pub mod models;
 pub mod offers;
 pub mod routes;
 pub mod spec;
+#[cfg(feature = "ssh")]
+pub mod ssh;
 
 pub use error::{Error, ErrorKind, HttpShape, Result};
 

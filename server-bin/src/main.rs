@@ -76,10 +76,8 @@ async fn main() -> anyhow::Result<()> {
     let app = http::router(http::AppState::new(engine));
     // The token is printed (never logged) so that the operator can log in, as dstack does.
     println!("The admin user token is {:?}", info.admin_token);
-    println!(
-        "The dstack server {} is running at {url}",
-        dstack_sdk::SERVER_VERSION
-    );
+    tracing::info!(version = dstack_sdk::SERVER_VERSION, "dstack-server started");
+    println!("The dstack server is running at {url}");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -117,11 +117,14 @@ impl<'de> Deserialize<'de> for CpuArchitecture {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogItem {
     /// Provider name (lowercase), e.g. `aws`.
-    pub provider: String,
+    #[serde(with = "arc_str")]
+    pub provider: Arc<str>,
     /// The provider's instance type name.
-    pub instance_name: String,
+    #[serde(with = "arc_str")]
+    pub instance_name: Arc<str>,
     /// Region or zone.
-    pub location: String,
+    #[serde(with = "arc_str")]
+    pub location: Arc<str>,
     /// Price in USD per hour.
     pub price: f64,
     /// Number of vCPUs.
@@ -131,7 +134,8 @@ pub struct CatalogItem {
     /// Number of GPUs/accelerators (0 for CPU-only offers; 1 for a TPU slice).
     pub gpu_count: i64,
     /// GPU model (for TPUs, the TPU type, e.g. `v5litepod-8`).
-    pub gpu_name: Option<String>,
+    #[serde(with = "opt_arc_str")]
+    pub gpu_name: Option<Arc<str>>,
     /// Memory per GPU in GB.
     pub gpu_memory: Option<f64>,
     /// Whether this is a spot (preemptible) offer.
@@ -146,13 +150,132 @@ pub struct CatalogItem {
     /// CPU architecture.
     #[serde(default)]
     pub cpu_arch: CpuArchitecture,
-    /// Provider-specific data (JSON).
-    #[serde(default = "empty_object")]
-    pub provider_data: serde_json::Value,
+    /// Provider-specific data (JSON; `{}` when absent).
+    #[serde(default)]
+    pub provider_data: ProviderData,
 }
 
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(serde_json::Map::new())
+/// The provider-specific JSON of a catalog row, gpuhunt's `provider_data` (a JSON object,
+/// `{}` when absent). Derefs to the [`serde_json::Value`]; the common empty object is stored
+/// without allocating, which keeps large catalogs compact.
+#[derive(Clone, Default, PartialEq)]
+pub struct ProviderData(Option<Box<serde_json::Value>>);
+
+static EMPTY_OBJECT: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| serde_json::Value::Object(serde_json::Map::new()));
+
+impl ProviderData {
+    /// Wraps a JSON value.
+    pub fn new(value: serde_json::Value) -> Self {
+        if value == *EMPTY_OBJECT {
+            Self(None)
+        } else {
+            Self(Some(Box::new(value)))
+        }
+    }
+
+    /// The JSON value.
+    pub fn as_value(&self) -> &serde_json::Value {
+        self.0.as_deref().unwrap_or(&EMPTY_OBJECT)
+    }
+
+    /// Unwraps the JSON value.
+    pub fn into_value(self) -> serde_json::Value {
+        self.0.map_or_else(|| EMPTY_OBJECT.clone(), |v| *v)
+    }
+}
+
+impl std::ops::Deref for ProviderData {
+    type Target = serde_json::Value;
+
+    fn deref(&self) -> &serde_json::Value {
+        self.as_value()
+    }
+}
+
+impl fmt::Debug for ProviderData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_value(), f)
+    }
+}
+
+impl From<serde_json::Value> for ProviderData {
+    fn from(value: serde_json::Value) -> Self {
+        Self::new(value)
+    }
+}
+
+impl PartialEq<serde_json::Value> for ProviderData {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        self.as_value() == other
+    }
+}
+
+impl Serialize for ProviderData {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(Self::new)
+    }
+}
+
+/// Serde for the shared (`Arc<str>`) strings of [`CatalogItem`].
+mod arc_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(deserializer).map(Arc::from)
+    }
+}
+
+/// Serde for `Option<Arc<str>>`.
+mod opt_arc_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Arc<str>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => serializer.serialize_some(&**v),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Arc<str>>, D::Error> {
+        Ok(Option::<String>::deserialize(deserializer)?.map(Arc::from))
+    }
+}
+
+/// Shares repeated strings (instance names, locations, GPU names) between rows.
+#[derive(Default)]
+struct Interner(
+    std::collections::HashSet<Arc<str>, std::hash::BuildHasherDefault<super::index::Fnv>>,
+);
+
+impl Interner {
+    fn intern(&mut self, value: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(value) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(value);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
 }
 
 /// A row that the CSV loader skipped.
@@ -207,14 +330,31 @@ mod field {
     pub const PROVIDER_DATA: usize = 13;
 }
 
-struct Row<'r> {
-    record: &'r csv::StringRecord,
+/// The fields of one CSV record.
+trait Fields {
+    fn field(&self, pos: usize) -> Option<&str>;
+}
+
+impl Fields for csv::StringRecord {
+    fn field(&self, pos: usize) -> Option<&str> {
+        self.get(pos)
+    }
+}
+
+impl Fields for [&str] {
+    fn field(&self, pos: usize) -> Option<&str> {
+        self.get(pos).copied()
+    }
+}
+
+struct Row<'r, F: Fields + ?Sized> {
+    record: &'r F,
     cols: &'r Columns,
 }
 
-impl<'r> Row<'r> {
+impl<'r, F: Fields + ?Sized> Row<'r, F> {
     fn get(&self, f: usize) -> Option<&'r str> {
-        self.cols.0[f].and_then(|pos| self.record.get(pos))
+        self.cols.0[f].and_then(|pos| self.record.field(pos))
     }
 
     fn required(&self, f: usize) -> Result<&'r str, String> {
@@ -252,7 +392,11 @@ fn cannot_parse(f: usize, raw: &str) -> String {
 }
 
 /// Builds one item from a CSV row with gpuhunt's `item_from_row` rules.
-fn item_from_row(row: &Row<'_>, provider: &str) -> Result<CatalogItem, String> {
+fn item_from_row<F: Fields + ?Sized>(
+    row: &Row<'_, F>,
+    provider: &Arc<str>,
+    strings: &mut Interner,
+) -> Result<CatalogItem, String> {
     let gpu_count = row.required_with(field::GPU_COUNT, parse_py_int)?;
     let mut gpu_name = row.optional(field::GPU_NAME);
     let mut gpu_vendor = row.optional_with(field::GPU_VENDOR, AcceleratorVendor::parse)?;
@@ -268,19 +412,20 @@ fn item_from_row(row: &Row<'_>, provider: &str) -> Result<CatalogItem, String> {
         .optional_with(field::CPU_ARCH, CpuArchitecture::parse)?
         .unwrap_or_default();
     let provider_data = match row.get(field::PROVIDER_DATA) {
-        None | Some("") | Some("{}") => empty_object(),
-        Some(raw) => serde_json::from_str(raw)
+        None | Some("") | Some("{}") => ProviderData::default(),
+        Some(raw) => serde_json::from_str::<serde_json::Value>(raw)
+            .map(ProviderData::new)
             .map_err(|e| format!("Cannot parse field 'provider_data': {e}"))?,
     };
     Ok(CatalogItem {
-        provider: provider.to_string(),
-        instance_name: row.required(field::INSTANCE_NAME)?.to_string(),
-        location: row.required(field::LOCATION)?.to_string(),
+        provider: Arc::clone(provider),
+        instance_name: strings.intern(row.required(field::INSTANCE_NAME)?),
+        location: strings.intern(row.required(field::LOCATION)?),
         price: row.required_with(field::PRICE, parse_py_float)?,
         cpu: row.required_with(field::CPU, parse_py_int)?,
         memory: row.required_with(field::MEMORY, parse_py_float)?,
         gpu_count,
-        gpu_name: gpu_name.map(str::to_string),
+        gpu_name: gpu_name.map(|n| strings.intern(n)),
         gpu_memory: row.optional_with(field::GPU_MEMORY, parse_py_float)?,
         spot: row.required_with(field::SPOT, parse_py_bool)?,
         disk_size: row.optional_with(field::DISK_SIZE, parse_py_float)?,
@@ -341,6 +486,8 @@ struct CsvChunk {
     file: usize,
     start: usize,
     end: usize,
+    /// The chunk holds no quote character, so records are lines and fields split on commas.
+    plain: bool,
 }
 
 /// What one chunk produced; line numbers are relative to the chunk's first line (1-based).
@@ -395,7 +542,8 @@ fn chunk_csv(file: usize, prepared: &PreparedCsv<'_>, target: usize, out: &mut V
     let bytes = prepared.text.as_bytes();
     let end = bytes.len();
     let mut start = prepared.body_start;
-    if !bytes[start..].contains(&b'"') {
+    let plain = !bytes[start..].contains(&b'"');
+    if plain {
         while end - start > target + target / 2 {
             match bytes[start + target..].iter().position(|&b| b == b'\n') {
                 Some(nl) => {
@@ -404,6 +552,7 @@ fn chunk_csv(file: usize, prepared: &PreparedCsv<'_>, target: usize, out: &mut V
                         file,
                         start,
                         end: cut,
+                        plain,
                     });
                     start = cut;
                 }
@@ -411,7 +560,12 @@ fn chunk_csv(file: usize, prepared: &PreparedCsv<'_>, target: usize, out: &mut V
             }
         }
     }
-    out.push(CsvChunk { file, start, end });
+    out.push(CsvChunk {
+        file,
+        start,
+        end,
+        plain,
+    });
 }
 
 fn parse_chunk(
@@ -419,38 +573,97 @@ fn parse_chunk(
     prepared: &PreparedCsv<'_>,
     chunk: &CsvChunk,
 ) -> Result<ChunkOutput, CatalogError> {
-    let data = &prepared.text.as_bytes()[chunk.start..chunk.end];
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .has_headers(false)
-        .from_reader(data);
-    let newlines = count_newlines(data);
+    let text = &prepared.text[chunk.start..chunk.end];
+    let newlines = count_newlines(text.as_bytes());
     let mut out = ChunkOutput {
         items: Vec::with_capacity(usize::try_from(newlines).unwrap_or(0) + 1),
         skipped: Vec::new(),
         newlines,
     };
+    let provider: Arc<str> = Arc::from(input.provider);
+    let mut strings = Interner::default();
+    let plain_ok = chunk.plain
+        && parse_plain_lines(text, &prepared.cols, |row, line| {
+            match item_from_row(&row, &provider, &mut strings) {
+                Ok(item) => out.items.push(item),
+                Err(reason) => out.skipped.push(SkippedRow { line, reason }),
+            }
+        });
+    if plain_ok {
+        return Ok(out);
+    }
+    // Quoted fields (or stray carriage returns): the full CSV reader.
+    out.items.clear();
+    out.skipped.clear();
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_reader(text.as_bytes());
     let mut record = csv::StringRecord::new();
-    while reader
-        .read_record(&mut record)
-        .map_err(|e| CatalogError::Csv {
-            file: input.source.to_string(),
-            message: e.to_string(),
-        })?
-    {
+    let csv_error = |e: csv::Error| CatalogError::Csv {
+        file: input.source.to_string(),
+        message: e.to_string(),
+    };
+    while reader.read_record(&mut record).map_err(csv_error)? {
+        let line = record.position().map_or(0, |p| p.line());
         let row = Row {
             record: &record,
             cols: &prepared.cols,
         };
-        match item_from_row(&row, input.provider) {
+        match item_from_row(&row, &provider, &mut strings) {
             Ok(item) => out.items.push(item),
-            Err(reason) => {
-                let line = record.position().map_or(0, |p| p.line());
-                out.skipped.push(SkippedRow { line, reason });
-            }
+            Err(reason) => out.skipped.push(SkippedRow { line, reason }),
         }
     }
     Ok(out)
+}
+
+/// Splits quote-free CSV text into records (lines, `\n` or `\r\n`; blank lines skipped) and
+/// fields (split on commas), which is exactly what a CSV reader does when nothing is quoted.
+/// Returns `false`, having stopped, at a carriage return that does not end a line (old Mac
+/// line ends): the caller then uses the full reader.
+fn parse_plain_lines(
+    text: &str,
+    cols: &Columns,
+    mut emit: impl FnMut(Row<'_, [&str]>, u64),
+) -> bool {
+    let bytes = text.as_bytes();
+    let mut fields: Vec<&str> = Vec::with_capacity(CATALOG_V2_FIELDS.len());
+    let (mut line, mut line_start, mut field_start) = (1u64, 0usize, 0usize);
+    let mut i = 0;
+    while i <= bytes.len() {
+        match bytes.get(i) {
+            Some(b',') => {
+                fields.push(&text[field_start..i]);
+                field_start = i + 1;
+            }
+            Some(b'\r') if bytes.get(i + 1) != Some(&b'\n') => return false,
+            Some(b'\n') | None => {
+                let end = if i > line_start && bytes[i - 1] == b'\r' {
+                    i - 1
+                } else {
+                    i
+                };
+                if end > line_start {
+                    fields.push(&text[field_start..end]);
+                    emit(
+                        Row {
+                            record: fields.as_slice(),
+                            cols,
+                        },
+                        line,
+                    );
+                }
+                fields.clear();
+                line += 1;
+                line_start = i + 1;
+                field_start = i + 1;
+            }
+            Some(_) => {}
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Parses several catalog CSVs, spreading their records over threads; results are in input
@@ -640,8 +853,9 @@ impl ProviderCatalog {
     /// The name is lowercased and every item's `provider` is set to it.
     pub fn new(name: &str, version: impl Into<String>, mut items: Vec<CatalogItem>) -> Self {
         let name = name.to_lowercase();
-        for item in items.iter_mut().filter(|i| i.provider != name) {
-            item.provider.clone_from(&name);
+        let shared: Arc<str> = Arc::from(name.as_str());
+        for item in items.iter_mut().filter(|i| *i.provider != *name) {
+            item.provider = Arc::clone(&shared);
         }
         Self {
             name,
@@ -1084,7 +1298,7 @@ mod tests {
         let [g, c] = &p.items[..] else {
             panic!("{:?}", p.items)
         };
-        assert_eq!(g.provider, "aws");
+        assert_eq!(&*g.provider, "aws");
         assert_eq!(g.gpu_vendor, Some(AcceleratorVendor::Nvidia));
         assert_eq!(g.gpu_memory, Some(24.0));
         assert_eq!(g.disk_size, None);
@@ -1113,7 +1327,7 @@ mod tests {
         assert_eq!(
             p.items
                 .iter()
-                .map(|i| i.instance_name.as_str())
+                .map(|i| &*i.instance_name)
                 .collect::<Vec<_>>(),
             ["ok", "ok2"]
         );
@@ -1196,6 +1410,37 @@ mod tests {
     }
 
     #[test]
+    fn plain_splitting_matches_the_csv_reader() {
+        let bodies = [
+            "a,l,1,2,8,0,,,False,,,,,\r\nb,l,2,2,8,0,,,False,,,,,\r\n",
+            "a,l,1,2,8,0,,,False,,,,,\n\n\r\nbad,l,x,2,8\r\n,,,\nc,l,3,2,8,0,,,True,,,,arm,{}",
+            "a,l,1,2,8,0,,,False,,,,,\rb,l,2,2,8,0,,,False,,,,,\n",
+            "a,l,1,2,8,0,,,False,,,,, x , extra,fields\n",
+        ];
+        for body in bodies {
+            let plain = parse(body);
+            let sep = if body.ends_with('\n') { "" } else { "\n" };
+            let quoted = parse(&format!("{body}{sep}q,l,9,2,8,0,,,False,,,,,\"{{}}\"\n"));
+            assert_eq!(
+                plain.items[..],
+                quoted.items[..plain.items.len()],
+                "{body:?}"
+            );
+            assert_eq!(plain.items.len() + 1, quoted.items.len(), "{body:?}");
+            let reasons = |p: &ParsedCsv| {
+                p.skipped
+                    .iter()
+                    .map(|s| s.reason.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(reasons(&plain), reasons(&quoted), "{body:?}");
+        }
+        // physical line numbers, blank lines included (as Python's `line_num`)
+        let lines: Vec<u64> = parse(bodies[1]).skipped.iter().map(|s| s.line).collect();
+        assert_eq!(lines, [5, 6]);
+    }
+
+    #[test]
     fn python_number_rules() {
         assert_eq!(parse_py_int(" 7 "), Some(7));
         assert_eq!(parse_py_int("1_000"), Some(1000));
@@ -1237,9 +1482,7 @@ mod tests {
             ["aws", "gcp"]
         );
         assert_eq!(
-            cat.iter()
-                .map(|i| i.instance_name.as_str())
-                .collect::<Vec<_>>(),
+            cat.iter().map(|i| &*i.instance_name).collect::<Vec<_>>(),
             ["g", "a"]
         );
         let p = ProviderCatalog::from_zip_bytes("aws", "v1", &zip, "test.zip").unwrap();

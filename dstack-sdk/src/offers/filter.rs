@@ -323,7 +323,7 @@ mod tests {
             gpu_vendor: vendor,
             flags: vec![],
             cpu_arch: CpuArchitecture::X86,
-            provider_data: serde_json::json!({}),
+            provider_data: Default::default(),
         }
     }
 

@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn names(c: &Catalog) -> Vec<String> {
-        c.iter().map(|i| i.instance_name.clone()).collect()
+        c.iter().map(|i| i.instance_name.to_string()).collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

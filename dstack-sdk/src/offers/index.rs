@@ -327,61 +327,9 @@ fn float_column(keys: &[f64]) -> RangeColumn<f64> {
             rows: present,
         }
     } else {
-        counting_sort(keys, present).unwrap_or_else(|present| {
-            SortedRows::from_pairs(present.iter().map(|&r| (keys[r as usize], r)).collect())
-        })
+        SortedRows::from_pairs(present.iter().map(|&r| (keys[r as usize], r)).collect())
     };
     RangeColumn::build(sorted, n_rows, always)
-}
-
-/// Most distinct keys for which [`counting_sort`] is used.
-const MAX_COUNTING_KEYS: usize = 0;
-
-/// Sorts rows by a low-cardinality key in linear time; gives `present` back when there are too
-/// many distinct keys.
-fn counting_sort(keys: &[f64], present: Vec<u32>) -> Result<SortedRows<f64>, Vec<u32>> {
-    // -0.0 and 0.0 compare equal, so they share a bucket.
-    let bits = |k: f64| if k == 0.0 { 0 } else { k.to_bits() };
-    let mut ids: FnvMap<u64, u32> = FnvMap::default();
-    let mut distinct: Vec<f64> = Vec::new();
-    let mut row_ids = Vec::with_capacity(present.len());
-    for &row in &present {
-        let k = keys[row as usize];
-        let id = *ids.entry(bits(k)).or_insert_with(|| {
-            distinct.push(k);
-            distinct.len() as u32 - 1
-        });
-        if distinct.len() > MAX_COUNTING_KEYS {
-            return Err(present);
-        }
-        row_ids.push(id);
-    }
-    let mut by_value: Vec<u32> = (0..distinct.len() as u32).collect();
-    by_value.sort_unstable_by(|&a, &b| distinct[a as usize].total_cmp(&distinct[b as usize]));
-    let mut rank = vec![0u32; distinct.len()];
-    for (r, &id) in by_value.iter().enumerate() {
-        rank[id as usize] = r as u32;
-    }
-    let mut starts = vec![0u32; distinct.len() + 1];
-    for &id in &row_ids {
-        starts[rank[id as usize] as usize + 1] += 1;
-    }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let mut next = starts.clone();
-    let mut rows = vec![0u32; present.len()];
-    for (&row, &id) in present.iter().zip(&row_ids) {
-        let slot = &mut next[rank[id as usize] as usize];
-        rows[*slot as usize] = row;
-        *slot += 1;
-    }
-    let sorted_keys = by_value.iter().map(|&id| distinct[id as usize]).collect();
-    Ok(SortedRows {
-        keys: sorted_keys,
-        starts,
-        rows,
-    })
 }
 
 /// Builds the compute-capability column; rows without a capability fail every bound.
@@ -398,8 +346,8 @@ fn cc_column(keys: &[Option<u64>]) -> RangeColumn<u64> {
     )
 }
 
-/// FNV-1a: a fast hasher for the short strings and float keys hashed while building the index.
-struct Fnv(u64);
+/// FNV-1a: a fast hasher for the short strings interned while building the index.
+pub(crate) struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -417,18 +365,9 @@ impl std::hash::Hasher for Fnv {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-
-    /// Whole words (float bit patterns) get a splitmix64 finalizer, so that keys differing only
-    /// in high bits still spread over the table.
-    fn write_u64(&mut self, n: u64) {
-        let mut x = self.0 ^ n;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        self.0 = x ^ (x >> 31);
-    }
 }
 
-type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+pub(crate) type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// Per-provider facts of the index.
 #[derive(Debug, Clone)]
@@ -852,13 +791,13 @@ mod tests {
         let gpu_count = if gpu { *rng.pick(&[1, 2, 8, -1]) } else { 0 };
         CatalogItem {
             provider: provider.into(),
-            instance_name: format!("i{}", rng.below(50)),
+            instance_name: format!("i{}", rng.below(50)).into(),
             location: "l".into(),
             price,
             cpu: *rng.pick(&[1, 2, 4, 8, 96]),
             memory: *rng.pick(&[1.0, 8.0, 16.5, 64.0, f64::NAN]),
             gpu_count,
-            gpu_name: (gpu || rng.chance(0.1)).then(|| name.to_string()),
+            gpu_name: (gpu || rng.chance(0.1)).then(|| name.into()),
             gpu_memory: if rng.chance(0.8) {
                 Some(*rng.pick(&[16.0, 24.0, 80.0, 192.0]))
             } else {
@@ -885,7 +824,7 @@ mod tests {
             } else {
                 CpuArchitecture::X86
             },
-            provider_data: serde_json::json!({}),
+            provider_data: Default::default(),
         }
     }
 

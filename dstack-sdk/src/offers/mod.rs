@@ -18,7 +18,7 @@
 //!     "provider": "LambdaLabs", "gpu_name": ["a10"], "min_gpu_count": 0,
 //! }))?;
 //! let offers = catalog.query(&filter)?;
-//! let names: Vec<&str> = offers.iter().map(|o| o.instance_name.as_str()).collect();
+//! let names: Vec<&str> = offers.iter().map(|o| &*o.instance_name).collect();
 //! assert_eq!(names, ["cpu_4x", "gpu_1x_a10"]); // min_gpu_count=0 lets CPU-only rows through
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -40,7 +40,7 @@ pub use accelerators::{
 };
 pub use catalog::{
     CATALOG_DIR_ENV, Catalog, CatalogItem, CpuArchitecture, ParsedCsv, ProviderCatalog,
-    QueryResult, SkippedRow, catalog_dir_from_env, parse_catalog_csv,
+    ProviderData, QueryResult, SkippedRow, catalog_dir_from_env, parse_catalog_csv,
 };
 pub use filter::{QueryFilter, matches};
 #[cfg(feature = "http")]
