@@ -115,39 +115,46 @@ fn synthetic_csv(rng: &mut Rng, rows: usize, has_disk: bool) -> String {
 }
 
 /// The CSV texts to benchmark: `OFFERS_BENCH_CATALOG_DIR` or the synthetic catalog.
-fn csv_files() -> Vec<(String, String)> {
-    if let Some(dir) = std::env::var_os("OFFERS_BENCH_CATALOG_DIR") {
-        let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
-            .expect("read OFFERS_BENCH_CATALOG_DIR")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
-            .map(|p| {
-                let stem = p
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                (stem, std::fs::read_to_string(&p).expect("read catalog CSV"))
-            })
-            .collect();
-        files.sort();
-        return files;
+fn csv_files() -> std::io::Result<Vec<(String, String)>> {
+    let Some(dir) = std::env::var_os("OFFERS_BENCH_CATALOG_DIR") else {
+        let mut rng = Rng(42);
+        return Ok(PROVIDERS
+            .iter()
+            .map(|&(name, rows, disk)| (name.to_string(), synthetic_csv(&mut rng, rows, disk)))
+            .collect());
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+            && path.extension().is_some_and(|x| x == "csv")
+        {
+            files.push((stem.to_string(), std::fs::read_to_string(&path)?));
+        }
     }
-    let mut rng = Rng(42);
-    PROVIDERS
-        .iter()
-        .map(|&(name, rows, disk)| (name.to_string(), synthetic_csv(&mut rng, rows, disk)))
-        .collect()
+    files.sort();
+    Ok(files)
 }
 
-fn load(files: &[(String, String)]) -> Catalog {
-    Catalog::from_providers(files.iter().map(|(name, csv)| {
-        ProviderCatalog::from_csv(name, "bench", csv.as_bytes(), name).expect("parse catalog CSV")
-    }))
+fn load(files: &[(String, String)]) -> Result<Catalog, dstack_sdk::offers::CatalogError> {
+    let providers = files
+        .iter()
+        .map(|(name, csv)| ProviderCatalog::from_csv(name, "bench", csv.as_bytes(), name))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Catalog::from_providers(providers))
 }
 
 fn benches(c: &mut Criterion) {
-    let files = csv_files();
+    let (files, catalog) = match csv_files().map_err(|e| e.to_string()).and_then(|files| {
+        let catalog = load(&files).map_err(|e| e.to_string())?;
+        Ok((files, catalog))
+    }) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("offers bench: cannot load the catalog: {error}");
+            return;
+        }
+    };
     let flags = json!([
         "oci-spot",
         "lambda-arm",
@@ -163,7 +170,6 @@ fn benches(c: &mut Criterion) {
     group.bench_function("parse_and_index", |b| b.iter(|| black_box(load(&files))));
     group.finish();
 
-    let catalog = load(&files);
     let queries = [
         ("no_filter", json!({})),
         (
@@ -193,7 +199,10 @@ fn benches(c: &mut Criterion) {
     ];
     let mut group = c.benchmark_group("offers_query");
     for (name, q) in queries {
-        let filter = QueryFilter::from_json(&q).expect("valid query");
+        let Ok(filter) = QueryFilter::from_json(&q) else {
+            eprintln!("offers bench: invalid query {name}");
+            continue;
+        };
         group.bench_function(name, |b| {
             b.iter(|| black_box(catalog.query(black_box(&filter)).map(|r| r.len())))
         });

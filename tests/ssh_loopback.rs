@@ -121,9 +121,8 @@ fn free_port() -> u16 {
 // One sshd instance.
 // ---------------------------------------------------------------------------------------------
 
-/// Kills `pid` and every process below it (sshd forks a privileged and an unprivileged child
-/// per connection, and those run the commands). Only processes we started are touched.
-fn kill_tree(pid: u32) {
+/// `pid`'s process tree by depth: `[[pid], [children], [grandchildren], …]`.
+fn process_levels(pid: u32) -> Vec<Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -142,19 +141,38 @@ fn kill_tree(pid: u32) {
             }
         }
     }
-    let mut order = vec![pid];
-    let mut i = 0;
-    while i < order.len() {
-        if let Some(c) = children.get(&order[i]) {
-            order.extend(c);
+    let mut levels = vec![vec![pid]];
+    while let Some(last) = levels.last() {
+        let next: Vec<u32> = last
+            .iter()
+            .flat_map(|p| children.get(p).cloned().unwrap_or_default())
+            .collect();
+        if next.is_empty() {
+            break;
         }
-        i += 1;
+        levels.push(next);
     }
-    for p in order {
-        let _ = Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .stderr(Stdio::null())
-            .status();
+    levels
+}
+
+/// Every process below `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    process_levels(pid).into_iter().skip(1).flatten().collect()
+}
+
+/// Kills `pid` and every process below it (sshd forks a privileged and an unprivileged child
+/// per connection, and those run the commands). Only processes we started are touched.
+fn kill_tree(pid: u32) {
+    // Deepest first, pausing between levels so each parent still alive reaps its children
+    // (no zombies left for an init that does not reap).
+    for level in process_levels(pid).into_iter().rev() {
+        for p in level {
+            let _ = Command::new("kill")
+                .args(["-9", &p.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(30));
     }
 }
 
@@ -169,7 +187,19 @@ impl Sshd {
     /// Writes the config for `port` into `dir` (which must hold `host_ed25519` and
     /// `authorized_keys/<user>`), starts sshd, and waits until it answers with its banner.
     async fn start(dir: &Path, port: u16) -> Sshd {
-        let config = dir.join("sshd_config");
+        let mut sshd = Sshd {
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+            log: dir.join("sshd.log"),
+        };
+        sshd.spawn();
+        sshd.wait_ready().await;
+        sshd
+    }
+
+    fn spawn(&mut self) {
+        let config = self.dir.join("sshd_config");
         std::fs::write(
             &config,
             format!(
@@ -188,15 +218,15 @@ impl Sshd {
                  MaxSessions 100\n\
                  LogLevel DEBUG1\n\
                  Subsystem sftp /usr/lib/openssh/sftp-server\n",
-                dir = dir.display()
+                port = self.port,
+                dir = self.dir.display()
             ),
         )
         .unwrap();
-        let log = dir.join(format!("sshd-{}.log", Instant::now().elapsed().as_nanos()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("sshd.log"))
+            .open(&self.log)
             .unwrap();
         let child = Command::new("/usr/sbin/sshd")
             .arg("-D")
@@ -204,21 +234,13 @@ impl Sshd {
             .arg("-f")
             .arg(&config)
             .arg("-p")
-            .arg(port.to_string())
+            .arg(self.port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start /usr/sbin/sshd");
-        let _ = log;
-        let mut sshd = Sshd {
-            dir: dir.to_path_buf(),
-            port,
-            child: Some(child),
-            log: dir.join("sshd.log"),
-        };
-        sshd.wait_ready().await;
-        sshd
+        self.child = Some(child);
     }
 
     async fn wait_ready(&mut self) {
@@ -261,12 +283,25 @@ impl Sshd {
         }
     }
 
+    /// Freezes (SIGSTOP) every session process but keeps the listener: existing connections
+    /// go silent without a FIN, as when a link drops; new connections still work.
+    fn freeze_sessions(&self) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        for p in descendants(child.id()) {
+            let _ = Command::new("kill")
+                .args(["-STOP", &p.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// Kills it and starts it again on the same port with the same config and host key.
     async fn restart(&mut self) {
         self.kill();
-        let again = Sshd::start(&self.dir.clone(), self.port).await;
-        let mut again = std::mem::ManuallyDrop::new(again);
-        self.child = again.child.take();
+        self.spawn();
+        self.wait_ready().await;
     }
 }
 
@@ -312,7 +347,11 @@ impl Fixture {
             format!("{}\n{}\n", sudo_key.public_line, rsa_key.public_line),
         )
         .unwrap();
-        std::fs::write(ak.join(NOSUDO_USER), format!("{}\n", nosudo_key.public_line)).unwrap();
+        std::fs::write(
+            ak.join(NOSUDO_USER),
+            format!("{}\n", nosudo_key.public_line),
+        )
+        .unwrap();
         set_mode(&ak.join(SUDO_USER), 0o644);
         set_mode(&ak.join(NOSUDO_USER), 0o644);
         let sshd = Sshd::start(&dir, free_port()).await;
@@ -373,10 +412,7 @@ async fn exec_exit_codes_stderr_stdin_and_host_facts() {
         assert_eq!(conn.host_key().algorithm, "ssh-ed25519");
         assert!(conn.host_key().openssh.starts_with("ssh-ed25519 "));
 
-        let out = conn
-            .exec("echo out; echo err >&2; exit 3")
-            .await
-            .unwrap();
+        let out = conn.exec("echo out; echo err >&2; exit 3").await.unwrap();
         assert_eq!(out.exit_status, 3);
         assert!(!out.success());
         assert_eq!(out.stdout_lossy(), "out\n");
@@ -406,7 +442,10 @@ async fn exec_exit_codes_stderr_stdin_and_host_facts() {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(err.step(), SshStep::Exec);
         assert!(err.to_string().contains("timed out"), "{err}");
-        assert!(err.to_string().contains(&format!("127.0.0.1:{}", fx.sshd.port)));
+        assert!(
+            err.to_string()
+                .contains(&format!("127.0.0.1:{}", fx.sshd.port))
+        );
 
         // Commands still run concurrently on the same connection afterwards.
         let mut tasks = Vec::new();
@@ -421,8 +460,8 @@ async fn exec_exit_codes_stderr_stdin_and_host_facts() {
         }
 
         // Host facts.
-        let machine = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout)
-            .unwrap();
+        let machine =
+            String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout).unwrap();
         assert_eq!(
             conn.detect_arch().await.unwrap(),
             HostArch::from_uname(&machine).unwrap()
@@ -480,7 +519,10 @@ async fn sudo_works_for_sudoer_and_fails_clearly_otherwise() {
         let err = expect_err(conn.exec_sudo("id -u").await);
         assert_eq!(err.step(), SshStep::Sudo);
         let msg = err.to_string();
-        assert!(msg.starts_with(&format!("sudo on {NOSUDO_USER}@127.0.0.1:")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("sudo on {NOSUDO_USER}@127.0.0.1:")),
+            "{msg}"
+        );
         assert!(msg.contains("NOPASSWD"), "{msg}");
         let err = expect_err(conn.check_sudo().await);
         assert!(matches!(err, SshError::Sudo { .. }), "{err}");
@@ -497,13 +539,15 @@ async fn auth_tries_each_key_and_names_the_host_on_failure() {
         let port = fx.sshd.port;
 
         // Only a key the server does not know.
-        let stranger = SshTarget::new("127.0.0.1", port, SUDO_USER)
-            .with_key(&fx.stranger_key.private_pem);
+        let stranger =
+            SshTarget::new("127.0.0.1", port, SUDO_USER).with_key(&fx.stranger_key.private_pem);
         let err = expect_err(SshConnection::connect(&stranger, &opts()).await);
         assert_eq!(err.step(), SshStep::Auth);
         let msg = err.to_string();
         assert!(
-            msg.starts_with(&format!("auth failed for {SUDO_USER}@127.0.0.1:{port} with 1 key(s)")),
+            msg.starts_with(&format!(
+                "auth failed for {SUDO_USER}@127.0.0.1:{port} with 1 key(s)"
+            )),
             "{msg}"
         );
         assert!(msg.contains(".ssh/authorized_keys"), "{msg}");
@@ -524,8 +568,8 @@ async fn auth_tries_each_key_and_names_the_host_on_failure() {
         assert!(conn.exec("true").await.unwrap().success());
 
         // The right key for another user is the wrong key here.
-        let mixed = SshTarget::new("127.0.0.1", port, NOSUDO_USER)
-            .with_key(&fx.sudo_key.private_pem);
+        let mixed =
+            SshTarget::new("127.0.0.1", port, NOSUDO_USER).with_key(&fx.sudo_key.private_pem);
         let err = expect_err(SshConnection::connect(&mixed, &opts()).await);
         assert!(matches!(err, SshError::Auth { .. }), "{err}");
 
@@ -554,10 +598,7 @@ async fn unreachable_and_silent_ports_fail_fast_with_host_port() {
         let msg = err.to_string();
         assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
         assert!(msg.contains("reachable"), "{msg}");
-        assert_eq!(
-            dstack_sdk::Error::from(err).kind(),
-            ErrorKind::Transport
-        );
+        assert_eq!(dstack_sdk::Error::from(err).kind(), ErrorKind::Transport);
 
         // Something accepts TCP but never speaks SSH: the handshake times out.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -570,7 +611,10 @@ async fn unreachable_and_silent_ports_fail_fast_with_host_port() {
         let started = Instant::now();
         let err = expect_err(SshConnection::connect(&target, &quick).await);
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
         let msg = err.to_string();
         assert!(msg.contains("timed out after 1s"), "{msg}");
         assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
@@ -637,7 +681,9 @@ async fn sftp_uploads_are_atomic_with_mode_and_parents() {
 
         // A mode without the execute bit is honoured exactly (no umask surprises).
         let env_file = format!("{base}/shim.env");
-        conn.upload_bytes(&env_file, b"A=\"1\"\n", 0o600).await.unwrap();
+        conn.upload_bytes(&env_file, b"A=\"1\"\n", 0o600)
+            .await
+            .unwrap();
         let out = conn.exec(&format!("stat -c %a {env_file}")).await.unwrap();
         assert_eq!(out.stdout_lossy().trim(), "600");
 
@@ -716,7 +762,10 @@ async fn tunnels_carry_many_concurrent_connections() {
         for (i, t) in tasks.into_iter().enumerate() {
             let resp = t.await.unwrap();
             assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
-            assert!(resp.ends_with(&format!("{{\"path\":\"/api/healthcheck/{i}\"}}")), "{resp}");
+            assert!(
+                resp.ends_with(&format!("{{\"path\":\"/api/healthcheck/{i}\"}}")),
+                "{resp}"
+            );
         }
 
         // An in-process stream, no listener.
@@ -733,7 +782,10 @@ async fn tunnels_carry_many_concurrent_connections() {
         let dead_port = free_port();
         let err = expect_err(conn.open_stream("127.0.0.1", dead_port).await);
         assert_eq!(err.step(), SshStep::Tunnel);
-        assert!(err.to_string().contains(&format!("127.0.0.1:{dead_port}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{dead_port}")),
+            "{err}"
+        );
         let dead = conn.forward_local("127.0.0.1", dead_port).await.unwrap();
         let mut s = TcpStream::connect(dead.local_addr()).await.unwrap();
         let mut buf = Vec::new();
@@ -779,9 +831,13 @@ async fn proxy_jump_through_a_second_sshd() {
             "jump sshd log has no direct-tcpip to the target:\n{log}"
         );
         // SFTP and sudo work through the jump too.
-        conn.upload_bytes(&format!("/tmp/jump-{}.txt", uuid_like()), b"via jump", 0o644)
-            .await
-            .unwrap();
+        conn.upload_bytes(
+            &format!("/tmp/jump-{}.txt", uuid_like()),
+            b"via jump",
+            0o644,
+        )
+        .await
+        .unwrap();
         assert!(conn.exec_sudo("true").await.unwrap().success());
 
         // A jump host that refuses auth: the error names the jump host.
@@ -791,7 +847,10 @@ async fn proxy_jump_through_a_second_sshd() {
             SshConnection::connect(&target_fx.target().with_proxy_jump(bad_jump), &opts()).await,
         );
         assert_eq!(err.step(), SshStep::Auth);
-        assert_eq!(err.target(), format!("{NOSUDO_USER}@127.0.0.1:{}", jump_fx.sshd.port));
+        assert_eq!(
+            err.target(),
+            format!("{NOSUDO_USER}@127.0.0.1:{}", jump_fx.sshd.port)
+        );
 
         // A target the jump host cannot reach: a connect error naming the target.
         let nowhere = free_port();
@@ -805,7 +864,10 @@ async fn proxy_jump_through_a_second_sshd() {
             .await,
         );
         assert_eq!(err.step(), SshStep::Connect);
-        assert!(err.to_string().contains(&format!("127.0.0.1:{nowhere}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{nowhere}")),
+            "{err}"
+        );
         assert!(err.to_string().contains("jump host"), "{err}");
     })
     .await;
@@ -831,7 +893,10 @@ async fn pool_shares_and_reconnects_after_sshd_restart() {
             let pool = pool.clone();
             let target = target.clone();
             tasks.push(tokio::spawn(async move {
-                pool.exec(&target, &format!("echo {i}")).await.unwrap().stdout_lossy()
+                pool.exec(&target, &format!("echo {i}"))
+                    .await
+                    .unwrap()
+                    .stdout_lossy()
             }));
         }
         for (i, t) in tasks.into_iter().enumerate() {
@@ -840,8 +905,15 @@ async fn pool_shares_and_reconnects_after_sshd_restart() {
         assert_eq!(pool.slot_count(), 1);
         let before = pool.get(&target).await.unwrap();
 
-        let tunnel = pool.forward_local(&target, "localhost", http_port).await.unwrap();
-        assert!(http_get(tunnel.local_port(), "/before").await.contains("/before"));
+        let tunnel = pool
+            .forward_local(&target, "localhost", http_port)
+            .await
+            .unwrap();
+        assert!(
+            http_get(tunnel.local_port(), "/before")
+                .await
+                .contains("/before")
+        );
 
         // The server goes away with every session, then comes back on the same port.
         fx.sshd.restart().await;
@@ -849,10 +921,17 @@ async fn pool_shares_and_reconnects_after_sshd_restart() {
         let out = pool.exec(&target, "echo back").await.unwrap();
         assert_eq!(out.stdout_lossy(), "back\n");
         let after = pool.get(&target).await.unwrap();
-        assert!(!Arc::ptr_eq(&before, &after), "a new connection after the restart");
+        assert!(
+            !Arc::ptr_eq(&before, &after),
+            "a new connection after the restart"
+        );
         assert!(before.is_closed());
         // The pool's tunnel keeps working: new local connections use the new SSH connection.
-        assert!(http_get(tunnel.local_port(), "/after").await.contains("/after"));
+        assert!(
+            http_get(tunnel.local_port(), "/after")
+                .await
+                .contains("/after")
+        );
 
         // Restart again and go straight to sudo: the pool recovers there too.
         fx.sshd.restart().await;
@@ -864,6 +943,42 @@ async fn pool_shares_and_reconnects_after_sshd_restart() {
         pool.close_all().await;
         assert_eq!(pool.slot_count(), 0);
         server.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_pings_idle_connections_and_replaces_silent_ones() {
+    bounded(async {
+        let fx = Fixture::new().await;
+        let quick = ConnectOptions {
+            connect_timeout: Duration::from_secs(2),
+            // No background keepalives: only the pool's health check may notice.
+            keepalive_interval: None,
+            ..opts()
+        };
+        // Zero: ping before every reuse.
+        let pool = SshPool::with_health_check(quick, Duration::ZERO);
+        let target = fx.target();
+        let first = pool.get(&target).await.unwrap();
+        let again = pool.get(&target).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "a healthy connection is reused"
+        );
+
+        // The link goes silent: no FIN, no replies.
+        fx.sshd.freeze_sessions();
+        let started = Instant::now();
+        let out = pool.exec(&target, "echo fresh").await.unwrap();
+        assert_eq!(out.stdout_lossy(), "fresh\n");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(6), "{took:?}");
+        let now = pool.get(&target).await.unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &now),
+            "the silent connection was replaced"
+        );
     })
     .await;
 }

@@ -16,6 +16,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "agent")]
+pub mod agent;
 #[cfg(any(feature = "client", feature = "engine"))]
 pub mod client;
 #[cfg(feature = "engine")]

@@ -16,7 +16,8 @@ use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
 use super::accelerators::{AcceleratorVendor, ComputeCapability, compute_capability};
-use super::catalog::{CatalogItem, CpuArchitecture, parse_py_int};
+use super::format::parse_py_int;
+use super::item::{CatalogItem, CpuArchitecture};
 
 /// Query filters with gpuhunt's field names; all bounds inclusive, `None` = unbounded.
 ///

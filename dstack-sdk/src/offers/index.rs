@@ -22,8 +22,10 @@
 use std::collections::HashMap;
 
 use super::accelerators::{AcceleratorVendor, compute_capability};
-use super::catalog::{CatalogItem, CpuArchitecture, ProviderCatalog, parallel_map};
+use super::catalog::ProviderCatalog;
 use super::filter::{QueryFilter, effective_gpu_memory};
+use super::format::parallel_map;
+use super::item::{CatalogItem, CpuArchitecture};
 use super::order::merge_by_price;
 
 /// Where a row of the index lives: the provider's index in the catalog and the item's position
@@ -130,6 +132,9 @@ impl Bitset {
         self.words.len() * 8
     }
 }
+
+/// Catalogs with fewer rows build their columns on one thread.
+const PARALLEL_BUILD_ROWS: usize = 20_000;
 
 /// Smallest spacing between prefix checkpoints.
 const MIN_CHECKPOINT_STEP: usize = 256;
@@ -397,7 +402,7 @@ fn merged_order(providers: &[ProviderCatalog]) -> Vec<RowRef> {
 }
 
 /// The columnar index of a [`Catalog`](super::Catalog); see the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CatalogIndex {
     len: usize,
     refs: Vec<RowRef>,
@@ -422,6 +427,24 @@ pub struct CatalogIndex {
     disk: RangeColumn<f64>,
     /// Only rows with a resolvable compute capability (NVIDIA, named, known) have a key.
     compute_capability: RangeColumn<u64>,
+}
+
+impl std::fmt::Debug for CatalogIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogIndex")
+            .field("rows", &self.len)
+            .field("gpu_names", &self.gpu_names.len())
+            .field(
+                "flags",
+                &self
+                    .flags
+                    .iter()
+                    .map(|(f, _)| f.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("heap_bytes", &self.heap_bytes())
+            .finish()
+    }
 }
 
 impl CatalogIndex {
@@ -508,12 +531,19 @@ impl CatalogIndex {
             }
         }
 
-        let (mut ranges, compute_capability) = std::thread::scope(|scope| {
-            let cc = scope.spawn(|| cc_column(&cc_keys));
-            let ranges = parallel_map(&keys, |column| float_column(column));
-            let cc = cc.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (ranges, cc)
-        });
+        let (mut ranges, compute_capability) = if n < PARALLEL_BUILD_ROWS {
+            (
+                keys.iter().map(|k| float_column(k)).collect(),
+                cc_column(&cc_keys),
+            )
+        } else {
+            std::thread::scope(|scope| {
+                let cc = scope.spawn(|| cc_column(&cc_keys));
+                let ranges = parallel_map(&keys, |column| float_column(column));
+                let cc = cc.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (ranges, cc)
+            })
+        };
         let mut take = || ranges.remove(0);
         let (price, cpu, memory, gpu_count) = (take(), take(), take(), take());
         let (gpu_memory, total_gpu_memory, disk) = (take(), take(), take());

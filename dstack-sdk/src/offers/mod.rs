@@ -1,9 +1,9 @@
 //! gpuhunt-format offer catalogs, a columnar index and the gpuhunt-exact matcher.
 //!
-//! This module is a drop-in for gpuhunt 0.1.34's offline catalog: the same CSV formats and
-//! loading rules ([`catalog`]), the same query filter and predicate ([`filter`]), the same
-//! result order ([`order`]), answered from an index built once per load ([`index`]) instead of a
-//! scan per query.
+//! This module is a drop-in for gpuhunt 0.1.34's offline catalog: the same rows ([`item`]),
+//! CSV format and loader rules ([`format`]), sources and reloads ([`catalog`], [`reload`],
+//! `http`), query filter and predicate ([`filter`]) and result order ([`order`]), answered from
+//! an index built once per load ([`index`]) instead of a scan per query.
 //!
 //! ```
 //! use dstack_sdk::offers::{Catalog, CatalogItem, ProviderCatalog, QueryFilter};
@@ -28,9 +28,11 @@ use std::path::{Path, PathBuf};
 pub mod accelerators;
 pub mod catalog;
 pub mod filter;
+pub mod format;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod index;
+pub mod item;
 pub mod order;
 pub mod providers;
 pub mod reload;
@@ -39,13 +41,14 @@ pub use accelerators::{
     AcceleratorInfo, AcceleratorVendor, ComputeCapability, KNOWN_ACCELERATORS, find_accelerators,
 };
 pub use catalog::{
-    CATALOG_DIR_ENV, Catalog, CatalogItem, CpuArchitecture, ParsedCsv, ProviderCatalog,
-    ProviderData, QueryResult, SkippedRow, catalog_dir_from_env, parse_catalog_csv,
+    CATALOG_DIR_ENV, Catalog, ProviderCatalog, QueryIter, QueryResult, catalog_dir_from_env,
 };
 pub use filter::{QueryFilter, matches};
+pub use format::{CATALOG_V2_FIELDS, ParsedCsv, SkippedRow, parse_catalog_csv};
 #[cfg(feature = "http")]
 pub use http::{CATALOG_URL_ENV, DEFAULT_CATALOG_URL, HttpCatalogSource};
 pub use index::{CatalogIndex, RowRef};
+pub use item::{CatalogItem, CpuArchitecture, ProviderData};
 pub use order::{merge_by_price, select_offers, sort_available_first};
 pub use providers::{OFFLINE_PROVIDERS, ONLINE_PROVIDERS};
 pub use reload::{ProviderUpdate, RELOAD_INTERVAL, Reloaded, SharedCatalog};

@@ -117,7 +117,7 @@ pub fn reload_dir(previous: Option<&Catalog>, dir: &Path) -> Result<Reloaded, Ca
             }
         }
     }
-    let updates = super::catalog::parallel_map(&files, |(name, path)| {
+    let updates = super::format::parallel_map(&files, |(name, path)| {
         let update = match file_version(path) {
             Err(e) => ProviderUpdate::Failed(e),
             Ok(version)

@@ -208,7 +208,7 @@ impl SshConnection {
 
     /// Sends a keepalive and waits for the reply, up to `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), SshError> {
-        let span = tracing::debug_span!("ssh", target = %self.label, step = "ping");
+        let span = tracing::debug_span!("ssh", host = %self.label, step = "ping");
         let res = tokio::time::timeout(timeout, self.handle.send_ping())
             .instrument(span)
             .await;
@@ -241,7 +241,9 @@ impl SshConnection {
 
     /// Runs `command` (through the user's login shell, as `ssh host command` does) with the
     /// default exec timeout. A non-zero exit status is not an error: check
-    /// [`ExecOutput::success`].
+    /// [`ExecOutput::success`]. Output is collected in memory, so keep it modest; stdin is
+    /// closed at once. On timeout the server is asked to kill the command and the channel is
+    /// closed.
     pub async fn exec(&self, command: &str) -> Result<ExecOutput, SshError> {
         self.exec_with_timeout(command, self.options.exec_timeout)
             .await
@@ -332,7 +334,7 @@ impl SshConnection {
         } else {
             format!("sudo -n -- sh -c {}", shell_quote(command))
         };
-        let span = tracing::debug_span!("ssh", target = %self.label, step = "sudo");
+        let span = tracing::debug_span!("ssh", host = %self.label, step = "sudo");
         let out = self.run(&full, None, timeout).instrument(span).await?;
         if !as_root && let Some(reason) = sudo_refusal(&out) {
             return Err(ExecFailure {
@@ -356,7 +358,7 @@ impl SshConnection {
     ) -> Result<ExecOutput, ExecFailure> {
         let span = tracing::debug_span!(
             "ssh",
-            target = %self.label,
+            host = %self.label,
             step = "exec",
             command = %short_command(command)
         );
@@ -401,17 +403,33 @@ impl SshConnection {
                     ));
                 }
             };
-        if let Err(e) = channel.exec(true, command).await {
-            return Err(fail(format!("could not send the command: {e}"), false));
+        let send = async {
+            if let Err(e) = channel.exec(true, command).await {
+                return Err(fail(format!("could not send the command: {e}"), false));
+            }
+            if let Some(input) = stdin
+                && !input.is_empty()
+                && let Err(e) = channel.data_bytes(input.to_vec()).await
+            {
+                return Err(fail(format!("could not send stdin: {e}"), true));
+            }
+            // Commands that read stdin must see EOF, or they wait forever.
+            let _ = channel.eof().await;
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(res) => res?,
+            Err(_) => {
+                abandon(&channel).await;
+                return Err(fail(
+                    format!(
+                        "timed out after {}s sending the command",
+                        timeout.as_secs_f32()
+                    ),
+                    true,
+                ));
+            }
         }
-        if let Some(input) = stdin
-            && !input.is_empty()
-            && let Err(e) = channel.data_bytes(input.to_vec()).await
-        {
-            return Err(fail(format!("could not send stdin: {e}"), true));
-        }
-        // Commands that read stdin must see EOF, or they wait forever.
-        let _ = channel.eof().await;
 
         let mut out = ExecOutput {
             exit_status: 255,
@@ -424,8 +442,7 @@ impl SshConnection {
             let msg = match tokio::time::timeout_at(deadline, channel.wait()).await {
                 Ok(m) => m,
                 Err(_) => {
-                    let _ = channel.signal(russh::Sig::KILL).await;
-                    let _ = channel.close().await;
+                    abandon(&channel).await;
                     return Err(fail(
                         format!("timed out after {}s", timeout.as_secs_f32()),
                         true,
@@ -474,6 +491,16 @@ impl SshConnection {
         );
         Ok(out)
     }
+}
+
+/// Gives up on a channel after a timeout: asks the server to kill the command and closes the
+/// channel, without waiting more than a second for either.
+async fn abandon(channel: &russh::Channel<client::Msg>) {
+    let cleanup = async {
+        let _ = channel.signal(russh::Sig::KILL).await;
+        let _ = channel.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), cleanup).await;
 }
 
 /// Quotes `s` for a POSIX shell (single quotes; embedded `'` become `'\''`).
@@ -534,7 +561,7 @@ fn sudo_refusal(out: &ExecOutput) -> Option<String> {
 
 fn connect_boxed<'a>(target: &'a SshTarget, options: &'a ConnectOptions) -> ConnectFuture<'a> {
     Box::pin(async move {
-        let span = tracing::debug_span!("ssh", target = %target, step = "connect");
+        let span = tracing::debug_span!("ssh", host = %target, step = "connect");
         connect_impl(target, options).instrument(span).await
     })
 }
@@ -605,14 +632,12 @@ async fn connect_impl(
             }
         }
     };
-    let mut handle = tokio::time::timeout(limit, handshake)
-        .await
-        .map_err(|_| {
-            connect_err(format!(
-                "timed out after {}s (TCP connect and SSH handshake)",
-                limit.as_secs_f32()
-            ))
-        })??;
+    let mut handle = tokio::time::timeout(limit, handshake).await.map_err(|_| {
+        connect_err(format!(
+            "timed out after {}s (TCP connect and SSH handshake)",
+            limit.as_secs_f32()
+        ))
+    })??;
     let host_key = seen
         .lock()
         .ok()
@@ -620,7 +645,7 @@ async fn connect_impl(
         .ok_or_else(|| connect_err("the server presented no host key".into()))?;
     tracing::debug!(host_key = %host_key.fingerprint, "handshake done");
 
-    let auth_span = tracing::debug_span!("ssh", target = %label, step = "auth");
+    let auth_span = tracing::debug_span!("ssh", host = %label, step = "auth");
     tokio::time::timeout(limit, authenticate(&mut handle, target, &keys))
         .instrument(auth_span)
         .await

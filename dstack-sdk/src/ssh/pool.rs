@@ -10,9 +10,6 @@ use super::error::SshError;
 use super::target::SshTarget;
 use super::tunnel::{ConnectionSource, Tunnel};
 
-/// Longest wait for a keepalive reply when checking an idle connection.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// What identifies a pooled connection. Two targets with the same key share a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -54,7 +51,8 @@ struct PoolInner {
 
 /// A pool of SSH connections, cheap to clone (shared state). Concurrent callers for the same
 /// target share one connection; a dead connection (server restarted, link dropped) is replaced
-/// on the next use. Connections idle longer than `health_check_after` are pinged before reuse.
+/// on the next use. Connections idle longer than `health_check_after` are pinged (keepalive,
+/// waiting up to the options' `connect_timeout` for the reply) before reuse.
 #[derive(Clone)]
 pub struct SshPool {
     inner: Arc<PoolInner>,
@@ -108,11 +106,12 @@ impl SshPool {
                 if conn.idle_for() < self.inner.health_check_after {
                     return Ok(conn.clone());
                 }
-                if conn.ping(PING_TIMEOUT).await.is_ok() {
+                // A link that died silently (no FIN/RST) shows up here as a missing reply.
+                if conn.ping(self.inner.options.connect_timeout).await.is_ok() {
                     return Ok(conn.clone());
                 }
             }
-            tracing::debug!(target = %target, step = "connect", "pooled connection is dead; reconnecting");
+            tracing::debug!(host = %target, step = "connect", "pooled connection is dead; reconnecting");
             *guard = None;
         }
         let conn = SshConnection::connect(target, &self.inner.options).await?;
@@ -138,7 +137,7 @@ impl SshPool {
         match conn.run(command, None, timeout).await {
             Ok(out) => Ok(out),
             Err(f) if !f.started => {
-                tracing::debug!(target = %target, step = "exec", error = %f.error, "retrying on a fresh connection");
+                tracing::debug!(host = %target, step = "exec", error = %f.error, "retrying on a fresh connection");
                 self.invalidate(target, &conn);
                 let conn = self.get(target).await?;
                 conn.run(command, None, timeout).await.map_err(|f| f.error)

@@ -31,7 +31,9 @@ impl SshConnection {
         data: &[u8],
         mode: u32,
     ) -> Result<(), SshError> {
-        self.upload_reader(data, remote_path, mode).await.map(|_| ())
+        self.upload_reader(data, remote_path, mode)
+            .await
+            .map(|_| ())
     }
 
     /// Uploads the local file `local_path` to `remote_path` (see
@@ -64,7 +66,7 @@ impl SshConnection {
     {
         let span = tracing::debug_span!(
             "ssh",
-            target = %self.target_label(),
+            host = %self.target_label(),
             step = "upload",
             path = %remote_path
         );
@@ -95,10 +97,9 @@ impl SshConnection {
         if remote_path.is_empty() || remote_path.ends_with('/') {
             return Err("the remote path must name a file".into());
         }
-        let channel = self
-            .handle()
-            .channel_open_session()
+        let channel = tokio::time::timeout(REQUEST_TIMEOUT, self.handle().channel_open_session())
             .await
+            .map_err(|_| "the server did not open a session channel in time".to_string())?
             .map_err(|e| format!("could not open a session channel: {e}"))?;
         channel
             .request_subsystem(true, "sftp")

@@ -61,13 +61,12 @@ impl SshTarget {
         let mut out = Vec::new();
         for block in self.private_keys.iter().flat_map(|k| split_pem_blocks(k)) {
             let index = out.len() + 1;
-            let key = russh::keys::decode_secret_key(block, None).map_err(|e| {
-                SshError::InvalidKey {
+            let key =
+                russh::keys::decode_secret_key(block, None).map_err(|e| SshError::InvalidKey {
                     target: self.to_string(),
                     index,
                     reason: key_error_reason(&e),
-                }
-            })?;
+                })?;
             out.push(key);
         }
         if out.is_empty() {
@@ -108,7 +107,9 @@ impl SshTarget {
 fn key_error_reason(e: &russh::keys::Error) -> String {
     match e {
         russh::keys::Error::KeyIsEncrypted => "the key is encrypted with a passphrase".into(),
-        russh::keys::Error::UnsupportedKeyType { key_type_string, .. } => {
+        russh::keys::Error::UnsupportedKeyType {
+            key_type_string, ..
+        } => {
             format!("unsupported key type {key_type_string}")
         }
         other => other.to_string(),
@@ -210,7 +211,10 @@ F5+DNCBNZe7SqAt7NF8UAAAAD3Rlc3RAZHN0YWNrLXNkawECAwQFBg==
         assert!(matches!(t.parse_keys(), Err(SshError::NoKeys { .. })));
         let t = SshTarget::new("h", 22, "u").with_key("not a key");
         let err = t.parse_keys().unwrap_err();
-        assert!(matches!(err, SshError::InvalidKey { index: 1, .. }), "{err}");
+        assert!(
+            matches!(err, SshError::InvalidKey { index: 1, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("u@h:22"));
     }
 }

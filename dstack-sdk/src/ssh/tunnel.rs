@@ -75,7 +75,7 @@ impl SshConnection {
     ) -> Result<SshStream, SshError> {
         let span = tracing::debug_span!(
             "ssh",
-            target = %self.target_label(),
+            host = %self.target_label(),
             step = "tunnel",
             remote = %format!("{remote_host}:{remote_port}")
         );
@@ -166,15 +166,13 @@ impl Tunnel {
             .map_err(|e| tunnel_err(format!("listener address: {e}")))?;
         let span = tracing::debug_span!(
             "ssh",
-            target = %label,
+            host = %label,
             step = "tunnel",
             remote = %remote,
             local = %local_addr
         );
         let host = remote_host.to_string();
-        let task = tokio::spawn(
-            accept_loop(listener, source, host, remote_port).instrument(span),
-        );
+        let task = tokio::spawn(accept_loop(listener, source, host, remote_port).instrument(span));
         Ok(Tunnel {
             local_addr,
             remote,

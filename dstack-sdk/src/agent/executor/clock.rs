@@ -25,12 +25,12 @@ impl MonotonicClock {
 
     /// The next timestamp: the current time, or one more than the last one if the clock has
     /// not moved on.
-    pub fn next(&mut self) -> i64 {
-        self.next_at(now_ms())
+    pub fn tick(&mut self) -> i64 {
+        self.tick_at(now_ms())
     }
 
-    /// [`Self::next`] with an explicit current time (for tests).
-    pub fn next_at(&mut self, now: i64) -> i64 {
+    /// [`Self::tick`] with an explicit current time (for tests).
+    pub fn tick_at(&mut self, now: i64) -> i64 {
         self.last = now.max(self.last + 1);
         self.last
     }
@@ -48,13 +48,13 @@ mod tests {
     #[test]
     fn strictly_increasing() {
         let mut c = MonotonicClock::starting_after(0);
-        assert_eq!(c.next_at(1000), 1000);
-        assert_eq!(c.next_at(1000), 1001);
-        assert_eq!(c.next_at(999), 1002);
-        assert_eq!(c.next_at(5000), 5000);
+        assert_eq!(c.tick_at(1000), 1000);
+        assert_eq!(c.tick_at(1000), 1001);
+        assert_eq!(c.tick_at(999), 1002);
+        assert_eq!(c.tick_at(5000), 5000);
         assert_eq!(c.latest(), 5000);
         let mut restarted = MonotonicClock::starting_after(c.latest());
-        assert_eq!(restarted.next_at(4000), 5001);
-        assert!(MonotonicClock::default().next() > 1_600_000_000_000);
+        assert_eq!(restarted.tick_at(4000), 5001);
+        assert!(MonotonicClock::default().tick() > 1_600_000_000_000);
     }
 }

@@ -244,7 +244,7 @@ impl LineAssembler {
 
 /// Removes ANSI escape sequences (CSI such as colours and cursor moves, OSC such as window
 /// titles and hyperlinks, and two-byte escapes) from captured output, as dstack stores job
-/// logs without them.
+/// logs without them. Cursor movements and carriage returns are not interpreted.
 pub fn strip_ansi(data: &[u8]) -> Vec<u8> {
     const ESC: u8 = 0x1b;
     let mut out = Vec::with_capacity(data.len());
@@ -283,7 +283,14 @@ pub fn strip_ansi(data: &[u8]) -> Vec<u8> {
                 }
                 i = j;
             }
-            Some(_) => i += 2,
+            Some(_) => {
+                // nF escapes: intermediates in 0x20..=0x2f, then one final byte.
+                let mut j = i + 1;
+                while j < data.len() && (0x20..=0x2f).contains(&data[j]) {
+                    j += 1;
+                }
+                i = j + 1;
+            }
             None => i += 1,
         }
     }

@@ -14,12 +14,12 @@ pub async fn addresses() -> Vec<String> {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(10), ip).await {
-        if out.status.success() {
-            match parse_ip_json(&String::from_utf8_lossy(&out.stdout)) {
-                Ok(addrs) => return addrs,
-                Err(e) => tracing::warn!(error = %e, "cannot parse `ip -j addr`, reading /proc"),
-            }
+    if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(10), ip).await
+        && out.status.success()
+    {
+        match parse_ip_json(&String::from_utf8_lossy(&out.stdout)) {
+            Ok(addrs) => return addrs,
+            Err(e) => tracing::warn!(error = %e, "cannot parse `ip -j addr`, reading /proc"),
         }
     }
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();

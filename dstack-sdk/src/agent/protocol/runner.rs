@@ -50,6 +50,21 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The wire string, e.g. `terminated`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Submitted => "submitted",
+            JobState::Provisioning => "provisioning",
+            JobState::Pulling => "pulling",
+            JobState::Running => "running",
+            JobState::Terminating => "terminating",
+            JobState::Terminated => "terminated",
+            JobState::Aborted => "aborted",
+            JobState::Failed => "failed",
+            JobState::Done => "done",
+        }
+    }
+
     /// Whether no further state follows.
     pub fn is_final(self) -> bool {
         matches!(self, JobState::Terminated | JobState::Aborted | JobState::Failed | JobState::Done)

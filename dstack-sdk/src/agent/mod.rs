@@ -1,0 +1,244 @@
+//! The host agent: dstack's shim API (port 10998) and runner API (port 10999) served by one
+//! process, so the server can drive this agent or dstack's Go agents alike — plus the wire
+//! types and typed clients for both APIs.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`protocol`] | wire types of both APIs, with dstack's JSON field names |
+//! | [`client`] | `ShimClient` / `RunnerClient` over reqwest (feature `http`) |
+//! | [`host`] | host facts (`host_info.json`), GPU detection and name normalisation |
+//! | [`executor`] | the `Executor`/`JobRunner` traits and the process executor |
+//! | [`server`] | the axum routers |
+//!
+//! Today the agent runs tasks with the process executor (no container engine): the shim's task
+//! and the runner's job are the same local process group. The agent listens on loopback by
+//! default: the server reaches it through SSH tunnels.
+//!
+//! ```no_run
+//! # async fn demo() -> dstack_sdk::Result<()> {
+//! use dstack_sdk::agent::{AgentOptions, run_agent};
+//! run_agent(AgentOptions::new("/root/.dstack")).await
+//! # }
+//! ```
+
+#[cfg(feature = "http")]
+pub mod client;
+mod error;
+pub mod executor;
+mod fsutil;
+pub mod host;
+pub mod multipart;
+pub mod protocol;
+pub mod server;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use error::{AgentError, AgentResult};
+pub use executor::{ProcessExecutor, ProcessExecutorConfig};
+
+/// The shim API's default port.
+pub const DEFAULT_SHIM_PORT: u16 = 10998;
+/// The runner API's default port.
+pub const DEFAULT_RUNNER_PORT: u16 = 10999;
+
+/// How the agent runs (the equivalent of the `dstack-server agent` flags).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The agent home: `host_info.json` and `tasks/` live here (dstack's shim uses
+    /// `/root/.dstack`).
+    pub home: PathBuf,
+    /// The address both APIs listen on (default `127.0.0.1`: reached through SSH tunnels).
+    pub bind_address: IpAddr,
+    /// The shim API port (default 10998; 0 picks a free one).
+    pub shim_port: u16,
+    /// The runner API port (default 10999; 0 picks a free one).
+    pub runner_port: u16,
+    /// The version both healthchecks report (default: the dstack release this SDK speaks).
+    pub version: String,
+    /// The largest upload accepted by the runner API, bytes.
+    pub max_upload_bytes: usize,
+    /// Process executor tunables.
+    pub executor: ProcessExecutorConfig,
+}
+
+impl AgentOptions {
+    /// Defaults with the given home directory.
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Self {
+            home: home.into(),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            shim_port: DEFAULT_SHIM_PORT,
+            runner_port: DEFAULT_RUNNER_PORT,
+            version: crate::DSTACK_VERSION.to_string(),
+            max_upload_bytes: 1 << 30,
+            executor: ProcessExecutorConfig::default(),
+        }
+    }
+}
+
+impl Default for AgentOptions {
+    /// Home `$HOME/.dstack` (`/root/.dstack` without `$HOME`), as dstack's shim.
+    fn default() -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        Self::new(home.join(".dstack"))
+    }
+}
+
+/// The two listening sockets, bound before the agent starts (tests bind port 0).
+#[derive(Debug)]
+pub struct AgentListeners {
+    /// The shim API listener.
+    pub shim: TcpListener,
+    /// The runner API listener.
+    pub runner: TcpListener,
+}
+
+impl AgentListeners {
+    /// Binds both ports of `options`.
+    pub async fn bind(options: &AgentOptions) -> AgentResult<Self> {
+        let bind = |port: u16| async move {
+            let addr = SocketAddr::new(options.bind_address, port);
+            TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { addr: addr.to_string(), source })
+        };
+        Ok(Self { shim: bind(options.shim_port).await?, runner: bind(options.runner_port).await? })
+    }
+}
+
+/// A started agent. Dropping it leaves the servers running until the runtime ends; call
+/// [`AgentHandle::shutdown`] to stop serving (jobs keep running and survive a restart).
+#[derive(Debug)]
+pub struct AgentHandle {
+    shim_addr: SocketAddr,
+    runner_addr: SocketAddr,
+    executor: ProcessExecutor,
+    stop: watch::Sender<bool>,
+    shutdown_requested: Arc<Notify>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    /// Where the shim API listens.
+    pub fn shim_addr(&self) -> SocketAddr {
+        self.shim_addr
+    }
+
+    /// Where the runner API listens.
+    pub fn runner_addr(&self) -> SocketAddr {
+        self.runner_addr
+    }
+
+    /// `http://<shim addr>`.
+    pub fn shim_url(&self) -> String {
+        format!("http://{}", self.shim_addr)
+    }
+
+    /// `http://<runner addr>`.
+    pub fn runner_url(&self) -> String {
+        format!("http://{}", self.runner_addr)
+    }
+
+    /// The executor behind both APIs.
+    pub fn executor(&self) -> &ProcessExecutor {
+        &self.executor
+    }
+
+    /// Resolves when a client asked the agent to exit (`POST /api/shutdown`).
+    pub async fn shutdown_requested(&self) {
+        self.shutdown_requested.notified().await;
+    }
+
+    /// Stops serving and supervising. Running jobs are left alone; an agent started later on
+    /// the same home picks them up.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for server in self.servers {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+                abort.abort();
+            }
+        }
+        self.executor.shutdown();
+        tracing::info!("agent stopped");
+    }
+}
+
+/// Starts the agent on pre-bound listeners: detects the host, writes `host_info.json`,
+/// restores tasks from the home directory and serves both APIs.
+#[tracing::instrument(level = "info", skip_all, fields(home = %options.home.display()))]
+pub async fn start_agent(options: AgentOptions, listeners: AgentListeners) -> crate::Result<AgentHandle> {
+    fsutil::create_dir_all(&options.home)?;
+    let facts = host::collect(&options.home).await;
+    if let Err(e) = host::write_host_info(&options.home, &facts.info) {
+        tracing::warn!(error = %e, "cannot write host_info.json");
+    }
+    let executor = ProcessExecutor::open(&options.home, facts.gpus, options.executor.clone()).await?;
+    let shared = Arc::new(executor.clone());
+    let shutdown_requested = Arc::new(Notify::new());
+    let shim = server::shim_router(
+        shared.clone(),
+        server::ShimContext { version: options.version.clone(), shutdown: shutdown_requested.clone() },
+    );
+    let runner = server::runner_router(shared, options.version.clone(), options.max_upload_bytes);
+    let addr = |l: &TcpListener| {
+        l.local_addr().map_err(|e| AgentError::Internal(format!("cannot read the listening address: {e}")))
+    };
+    let shim_addr = addr(&listeners.shim)?;
+    let runner_addr = addr(&listeners.runner)?;
+    let (stop, _) = watch::channel(false);
+    let serve = |listener: TcpListener, app: axum::Router, name: &'static str| {
+        let mut stopped = stop.subscribe();
+        tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(api = name, error = %e, "agent API server failed");
+            }
+        })
+    };
+    let servers = vec![serve(listeners.shim, shim, "shim"), serve(listeners.runner, runner, "runner")];
+    tracing::info!(%shim_addr, %runner_addr, "agent listening");
+    Ok(AgentHandle { shim_addr, runner_addr, executor, stop, shutdown_requested, servers })
+}
+
+/// Runs the agent until SIGINT/SIGTERM or `POST /api/shutdown`: binds both ports, prints
+/// where it listens (the actual ports when 0 was asked for) and serves.
+pub async fn run_agent(options: AgentOptions) -> crate::Result<()> {
+    let listeners = AgentListeners::bind(&options).await?;
+    let handle = start_agent(options, listeners).await?;
+    println!(
+        "dstack agent listening: shim API http://{}, runner API http://{}",
+        handle.shim_addr(),
+        handle.runner_addr()
+    );
+    tokio::select! {
+        _ = handle.shutdown_requested() => {}
+        _ = termination_signal() => {}
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn termination_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
