@@ -35,6 +35,33 @@ struct Args {
     /// Log level filter (e.g. `info`, `debug`, `dstack_sdk=debug`).
     #[arg(long, env = "DSTACK_SERVER_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Run something other than the server (default: the server).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the host agent (dstack's shim API and runner API, process executor).
+    Agent(AgentArgs),
+}
+
+/// `dstack-server agent` flags; dstack-shim's environment variables work too.
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Agent home: `host_info.json` and the task directories (default `~/.dstack`).
+    #[arg(long, env = "DSTACK_SHIM_HOME")]
+    home: Option<PathBuf>,
+    /// Shim API port (0 picks a free port).
+    #[arg(long, env = "DSTACK_SHIM_HTTP_PORT", default_value_t = dstack_sdk::agent::DEFAULT_SHIM_PORT)]
+    shim_port: u16,
+    /// Runner API port (0 picks a free port).
+    #[arg(long, env = "DSTACK_RUNNER_HTTP_PORT", default_value_t = dstack_sdk::agent::DEFAULT_RUNNER_PORT)]
+    runner_port: u16,
+    /// Address both APIs listen on (the server reaches them through SSH tunnels).
+    #[arg(long, env = "DSTACK_AGENT_BIND_ADDRESS", default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
 }
 
 #[tokio::main]
@@ -43,6 +70,18 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log_level).context("invalid log level")?)
         .init();
+    if let Some(Command::Agent(agent)) = args.command {
+        let mut options = dstack_sdk::agent::AgentOptions::default();
+        if let Some(home) = agent.home {
+            options.home = home;
+        }
+        options.shim_port = agent.shim_port;
+        options.runner_port = agent.runner_port;
+        options.bind_address = agent.bind;
+        return dstack_sdk::agent::run_agent(options)
+            .await
+            .context("agent failed");
+    }
 
     let server_dir = match args.server_dir {
         Some(dir) => dir,

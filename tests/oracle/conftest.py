@@ -52,20 +52,41 @@ def build_server() -> pathlib.Path:
     return _built["dstack-server"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthcheck", timeout=1) as r:
+                if b"running" in r.read():
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            proc.kill()
+            raise RuntimeError(f"{what} did not start:\n{out}")
+        time.sleep(0.1)
+
+
 @pytest.fixture()
 def our_server(tmp_path):
     """Our server on a free loopback port in a throwaway server dir and HOME.
 
     Yields a dict with url, token, home (the HOME the CLI should use) and env.
     """
-    import socket
-    import time
-    import urllib.request
-
     binary = build_server()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     home = tmp_path / "home"
     home.mkdir()
     token = "peer-admin-token"
@@ -80,19 +101,7 @@ def our_server(tmp_path):
     )
     proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthcheck", timeout=1) as r:
-                if b"running" in r.read():
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            proc.kill()
-            raise RuntimeError(f"our server did not start:\n{out}")
-        time.sleep(0.1)
+    _wait_healthy(url, proc, 30, "our server")
     try:
         yield {"url": url, "token": token, "home": home, "env": env, "proc": proc}
     finally:
@@ -103,14 +112,9 @@ def our_server(tmp_path):
 @pytest.fixture()
 def python_server(tmp_path):
     """The real dstack server (the oracle venv's `dstack server`) on a free loopback port."""
-    import socket
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     home = tmp_path / "pyhome"
     home.mkdir()
     token = "peer-admin-token"
@@ -130,18 +134,7 @@ def python_server(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthcheck", timeout=1) as r:
-                if b"running" in r.read():
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("the real dstack server did not start")
-        time.sleep(0.2)
+    _wait_healthy(url, proc, 120, "the real dstack server")
     try:
         yield {"url": url, "token": token, "home": home, "env": env, "proc": proc}
     finally:

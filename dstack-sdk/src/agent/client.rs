@@ -28,8 +28,8 @@ use super::error::{AgentError, AgentResult};
 use super::multipart::{ARCHIVE_FIELD, encode_file_form};
 use super::protocol::{
     ComponentInstallRequest, ComponentListResponse, HealthcheckResponse, InstanceHealthResponse,
-    InstanceInfoResponse, JobInfoResponse, MetricsResponse, PullResponse, ShutdownRequest, SubmitBody,
-    TaskConfig, TaskInfo, TaskListResponse, TerminateRequest,
+    InstanceInfoResponse, JobInfoResponse, MetricsResponse, PullResponse, ShutdownRequest,
+    SubmitBody, TaskConfig, TaskInfo, TaskListResponse, TerminateRequest,
 };
 
 /// Per-request timeout for ordinary calls (dstack uses 9 s).
@@ -57,7 +57,10 @@ impl Http {
     }
 
     fn with_client(client: reqwest::Client, base_url: &str) -> Self {
-        Self { client, base: base_url.trim_end_matches('/').to_string() }
+        Self {
+            client,
+            base: base_url.trim_end_matches('/').to_string(),
+        }
     }
 
     async fn send(
@@ -76,7 +79,9 @@ impl Http {
         let status = response.status();
         if status.is_client_error() || status.is_server_error() {
             let body = response.bytes().await.unwrap_or_default();
-            let mut text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).trim().to_string();
+            let mut text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)])
+                .trim()
+                .to_string();
             if text.is_empty() {
                 text = "<empty>".into();
             } else if body.len() > MAX_ERROR_BODY {
@@ -93,16 +98,30 @@ impl Http {
     }
 
     async fn json<T: DeserializeOwned>(&self, method: Method, path: &str) -> AgentResult<T> {
-        let r = self.send(method.clone(), path, |b| b, REQUEST_TIMEOUT).await?;
+        let r = self
+            .send(method.clone(), path, |b| b, REQUEST_TIMEOUT)
+            .await?;
         decode(method, path, r).await
     }
 
-    async fn json_with<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: &B) -> AgentResult<T> {
-        let r = self.send(method.clone(), path, |b| b.json(body), REQUEST_TIMEOUT).await?;
+    async fn json_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> AgentResult<T> {
+        let r = self
+            .send(method.clone(), path, |b| b.json(body), REQUEST_TIMEOUT)
+            .await?;
         decode(method, path, r).await
     }
 
-    async fn unit_with<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> AgentResult<()> {
+    async fn unit_with<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> AgentResult<()> {
         self.send(
             method,
             path,
@@ -117,12 +136,17 @@ impl Http {
     }
 }
 
-async fn decode<T: DeserializeOwned>(method: Method, path: &str, r: reqwest::Response) -> AgentResult<T> {
+async fn decode<T: DeserializeOwned>(
+    method: Method,
+    path: &str,
+    r: reqwest::Response,
+) -> AgentResult<T> {
     let body = r
         .bytes()
         .await
         .map_err(|e| AgentError::Transport(format!("{method} {path}: {e}")))?;
-    serde_json::from_slice(&body).map_err(|e| AgentError::json(format!("{method} {path}: unusable response"), e))
+    serde_json::from_slice(&body)
+        .map_err(|e| AgentError::json(format!("{method} {path}: unusable response"), e))
 }
 
 /// A client for the shim API (port 10998).
@@ -134,12 +158,16 @@ pub struct ShimClient {
 impl ShimClient {
     /// A client for the shim at `base_url` (e.g. `http://127.0.0.1:10998`).
     pub fn new(base_url: &str) -> AgentResult<Self> {
-        Ok(Self { http: Http::new(base_url)? })
+        Ok(Self {
+            http: Http::new(base_url)?,
+        })
     }
 
     /// A client over a caller-built `reqwest::Client` (e.g. one that dials a tunnel).
     pub fn with_client(client: reqwest::Client, base_url: &str) -> Self {
-        Self { http: Http::with_client(client, base_url) }
+        Self {
+            http: Http::with_client(client, base_url),
+        }
     }
 
     /// `GET /api/healthcheck`.
@@ -164,12 +192,20 @@ impl ShimClient {
 
     /// `POST /api/components/install`.
     pub async fn install_component(&self, request: &ComponentInstallRequest) -> AgentResult<()> {
-        self.http.unit_with(Method::POST, "/api/components/install", Some(request)).await
+        self.http
+            .unit_with(Method::POST, "/api/components/install", Some(request))
+            .await
     }
 
     /// `POST /api/shutdown`.
     pub async fn shutdown(&self, force: bool) -> AgentResult<()> {
-        self.http.unit_with(Method::POST, "/api/shutdown", Some(&ShutdownRequest { force })).await
+        self.http
+            .unit_with(
+                Method::POST,
+                "/api/shutdown",
+                Some(&ShutdownRequest { force }),
+            )
+            .await
     }
 
     /// `GET /api/tasks`.
@@ -179,41 +215,61 @@ impl ShimClient {
 
     /// `GET /api/tasks/{id}`.
     pub async fn get_task(&self, id: &str) -> AgentResult<TaskInfo> {
-        self.http.json(Method::GET, &format!("/api/tasks/{}", path_segment(id))).await
+        self.http
+            .json(Method::GET, &format!("/api/tasks/{}", path_segment(id)))
+            .await
     }
 
     /// `POST /api/tasks`: submits and starts a task (409 if the id exists).
     pub async fn submit_task(&self, config: &TaskConfig) -> AgentResult<TaskInfo> {
-        self.http.json_with(Method::POST, "/api/tasks", config).await
+        self.http
+            .json_with(Method::POST, "/api/tasks", config)
+            .await
     }
 
     /// `POST /api/tasks/{id}/terminate`.
-    pub async fn terminate_task(&self, id: &str, request: &TerminateRequest) -> AgentResult<TaskInfo> {
+    pub async fn terminate_task(
+        &self,
+        id: &str,
+        request: &TerminateRequest,
+    ) -> AgentResult<TaskInfo> {
         // The shim waits up to `timeout` for the task to stop before answering.
         let timeout = REQUEST_TIMEOUT + Duration::from_secs(request.timeout.saturating_add(15));
         let path = format!("/api/tasks/{}/terminate", path_segment(id));
-        let r = self.http.send(Method::POST, &path, |b| b.json(request), timeout).await?;
+        let r = self
+            .http
+            .send(Method::POST, &path, |b| b.json(request), timeout)
+            .await?;
         decode(Method::POST, &path, r).await
     }
 
     /// `POST /api/tasks/{id}/remove` (409 unless terminated).
     pub async fn remove_task(&self, id: &str) -> AgentResult<()> {
         self.http
-            .unit_with::<()>(Method::POST, &format!("/api/tasks/{}/remove", path_segment(id)), None)
+            .unit_with::<()>(
+                Method::POST,
+                &format!("/api/tasks/{}/remove", path_segment(id)),
+                None,
+            )
             .await
     }
 
     /// `GET /metrics/tasks/{id}`: Prometheus text; `None` when no exporter runs (404/502).
     pub async fn task_metrics(&self, id: &str) -> AgentResult<Option<String>> {
         let path = format!("/metrics/tasks/{}", path_segment(id));
-        match self.http.send(Method::GET, &path, |b| b, REQUEST_TIMEOUT).await {
+        match self
+            .http
+            .send(Method::GET, &path, |b| b, REQUEST_TIMEOUT)
+            .await
+        {
             Ok(r) => r
                 .text()
                 .await
                 .map(Some)
                 .map_err(|e| AgentError::Transport(format!("GET {path}: {e}"))),
             Err(AgentError::Status { status, .. })
-                if status == StatusCode::NOT_FOUND.as_u16() || status == StatusCode::BAD_GATEWAY.as_u16() =>
+                if status == StatusCode::NOT_FOUND.as_u16()
+                    || status == StatusCode::BAD_GATEWAY.as_u16() =>
             {
                 Ok(None)
             }
@@ -231,12 +287,16 @@ pub struct RunnerClient {
 impl RunnerClient {
     /// A client for the runner at `base_url` (e.g. `http://127.0.0.1:10999`).
     pub fn new(base_url: &str) -> AgentResult<Self> {
-        Ok(Self { http: Http::new(base_url)? })
+        Ok(Self {
+            http: Http::new(base_url)?,
+        })
     }
 
     /// A client over a caller-built `reqwest::Client`.
     pub fn with_client(client: reqwest::Client, base_url: &str) -> Self {
-        Self { http: Http::with_client(client, base_url) }
+        Self {
+            http: Http::with_client(client, base_url),
+        }
     }
 
     /// `GET /api/healthcheck`.
@@ -251,7 +311,9 @@ impl RunnerClient {
 
     /// `POST /api/submit`.
     pub async fn submit(&self, body: &SubmitBody) -> AgentResult<()> {
-        self.http.unit_with(Method::POST, "/api/submit", Some(body)).await
+        self.http
+            .unit_with(Method::POST, "/api/submit", Some(body))
+            .await
     }
 
     /// `POST /api/upload_archive`: one `multipart/form-data` file field `archive` whose file
@@ -262,7 +324,10 @@ impl RunnerClient {
             .send(
                 Method::POST,
                 "/api/upload_archive",
-                |b| b.header(reqwest::header::CONTENT_TYPE, content_type).body(body),
+                |b| {
+                    b.header(reqwest::header::CONTENT_TYPE, content_type)
+                        .body(body)
+                },
                 UPLOAD_TIMEOUT,
             )
             .await
@@ -272,7 +337,12 @@ impl RunnerClient {
     /// `POST /api/upload_code`: the code blob as the raw body.
     pub async fn upload_code(&self, data: Vec<u8>) -> AgentResult<()> {
         self.http
-            .send(Method::POST, "/api/upload_code", |b| b.body(data), UPLOAD_TIMEOUT)
+            .send(
+                Method::POST,
+                "/api/upload_code",
+                |b| b.body(data),
+                UPLOAD_TIMEOUT,
+            )
             .await
             .map(drop)
     }
@@ -280,12 +350,19 @@ impl RunnerClient {
     /// `POST /api/run`; `None` when the runner answered without job info (an old runner, or
     /// a job that failed before starting).
     pub async fn run(&self) -> AgentResult<Option<JobInfoResponse>> {
-        let r = self.http.send(Method::POST, "/api/run", |b| b, REQUEST_TIMEOUT).await?;
+        let r = self
+            .http
+            .send(Method::POST, "/api/run", |b| b, REQUEST_TIMEOUT)
+            .await?;
         let is_json = r
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim() == "application/json"));
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim() == "application/json")
+            });
         if !is_json {
             return Ok(None);
         }
@@ -294,12 +371,16 @@ impl RunnerClient {
 
     /// `GET /api/pull?timestamp=`: states and logs newer than `timestamp` (ms).
     pub async fn pull(&self, timestamp: i64) -> AgentResult<PullResponse> {
-        self.http.json(Method::GET, &format!("/api/pull?timestamp={timestamp}")).await
+        self.http
+            .json(Method::GET, &format!("/api/pull?timestamp={timestamp}"))
+            .await
     }
 
     /// `POST /api/stop`.
     pub async fn stop(&self) -> AgentResult<()> {
-        self.http.unit_with::<()>(Method::POST, "/api/stop", None).await
+        self.http
+            .unit_with::<()>(Method::POST, "/api/stop", None)
+            .await
     }
 }
 
@@ -315,7 +396,9 @@ fn not_found_as_none<T>(r: AgentResult<T>) -> AgentResult<Option<T>> {
 fn path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -84,12 +84,19 @@ pub enum AgentError {
 impl AgentError {
     /// An I/O error with what was being done and on which path.
     pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        AgentError::Io { context, path: path.into(), source }
+        AgentError::Io {
+            context,
+            path: path.into(),
+            source,
+        }
     }
 
     /// A JSON error with what was being read or written.
     pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
-        AgentError::Json { context: context.into(), source }
+        AgentError::Json {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The HTTP status the agent's API answers this error with.
@@ -153,6 +160,9 @@ mod tests {
         };
         assert_eq!(e.to_string(), "POST /api/run: 409: Conflict");
         assert_eq!(Error::from(e).kind(), ErrorKind::Conflict);
-        assert_eq!(Error::from(AgentError::NotFound("x".into())).kind(), ErrorKind::NotFound);
+        assert_eq!(
+            Error::from(AgentError::NotFound("x".into())).kind(),
+            ErrorKind::NotFound
+        );
     }
 }

@@ -11,7 +11,10 @@ use super::error::{AgentError, AgentResult};
 pub fn write_atomic(path: &Path, body: &[u8]) -> AgentResult<()> {
     let tmp = path.with_extension(format!(
         "{}tmp",
-        path.extension().and_then(|e| e.to_str()).map(|e| format!("{e}.")).unwrap_or_default()
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| format!("{e}."))
+            .unwrap_or_default()
     ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -20,8 +23,10 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> AgentResult<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| AgentError::io("cannot create file", &tmp, e))?;
-    f.write_all(body).map_err(|e| AgentError::io("cannot write file", &tmp, e))?;
-    f.sync_data().map_err(|e| AgentError::io("cannot sync file", &tmp, e))?;
+    f.write_all(body)
+        .map_err(|e| AgentError::io("cannot write file", &tmp, e))?;
+    f.sync_data()
+        .map_err(|e| AgentError::io("cannot sync file", &tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| AgentError::io("cannot replace file", path, e))
 }

@@ -86,7 +86,9 @@ impl AgentOptions {
 impl Default for AgentOptions {
     /// Home `$HOME/.dstack` (`/root/.dstack` without `$HOME`), as dstack's shim.
     fn default() -> Self {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
         Self::new(home.join(".dstack"))
     }
 }
@@ -105,9 +107,17 @@ impl AgentListeners {
     pub async fn bind(options: &AgentOptions) -> AgentResult<Self> {
         let bind = |port: u16| async move {
             let addr = SocketAddr::new(options.bind_address, port);
-            TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { addr: addr.to_string(), source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
         };
-        Ok(Self { shim: bind(options.shim_port).await?, runner: bind(options.runner_port).await? })
+        Ok(Self {
+            shim: bind(options.shim_port).await?,
+            runner: bind(options.runner_port).await?,
+        })
     }
 }
 
@@ -160,7 +170,10 @@ impl AgentHandle {
         self.stop.send_replace(true);
         for server in self.servers {
             let abort = server.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -172,22 +185,30 @@ impl AgentHandle {
 /// Starts the agent on pre-bound listeners: detects the host, writes `host_info.json`,
 /// restores tasks from the home directory and serves both APIs.
 #[tracing::instrument(level = "info", skip_all, fields(home = %options.home.display()))]
-pub async fn start_agent(options: AgentOptions, listeners: AgentListeners) -> crate::Result<AgentHandle> {
+pub async fn start_agent(
+    options: AgentOptions,
+    listeners: AgentListeners,
+) -> crate::Result<AgentHandle> {
     fsutil::create_dir_all(&options.home)?;
     let facts = host::collect(&options.home).await;
     if let Err(e) = host::write_host_info(&options.home, &facts.info) {
         tracing::warn!(error = %e, "cannot write host_info.json");
     }
-    let executor = ProcessExecutor::open(&options.home, facts.gpus, options.executor.clone()).await?;
+    let executor =
+        ProcessExecutor::open(&options.home, facts.gpus, options.executor.clone()).await?;
     let shared = Arc::new(executor.clone());
     let shutdown_requested = Arc::new(Notify::new());
     let shim = server::shim_router(
         shared.clone(),
-        server::ShimContext { version: options.version.clone(), shutdown: shutdown_requested.clone() },
+        server::ShimContext {
+            version: options.version.clone(),
+            shutdown: shutdown_requested.clone(),
+        },
     );
     let runner = server::runner_router(shared, options.version.clone(), options.max_upload_bytes);
     let addr = |l: &TcpListener| {
-        l.local_addr().map_err(|e| AgentError::Internal(format!("cannot read the listening address: {e}")))
+        l.local_addr()
+            .map_err(|e| AgentError::Internal(format!("cannot read the listening address: {e}")))
     };
     let shim_addr = addr(&listeners.shim)?;
     let runner_addr = addr(&listeners.runner)?;
@@ -205,9 +226,19 @@ pub async fn start_agent(options: AgentOptions, listeners: AgentListeners) -> cr
             }
         })
     };
-    let servers = vec![serve(listeners.shim, shim, "shim"), serve(listeners.runner, runner, "runner")];
+    let servers = vec![
+        serve(listeners.shim, shim, "shim"),
+        serve(listeners.runner, runner, "runner"),
+    ];
     tracing::info!(%shim_addr, %runner_addr, "agent listening");
-    Ok(AgentHandle { shim_addr, runner_addr, executor, stop, shutdown_requested, servers })
+    Ok(AgentHandle {
+        shim_addr,
+        runner_addr,
+        executor,
+        stop,
+        shutdown_requested,
+        servers,
+    })
 }
 
 /// Runs the agent until SIGINT/SIGTERM or `POST /api/shutdown`: binds both ports, prints

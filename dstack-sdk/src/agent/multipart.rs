@@ -86,19 +86,28 @@ pub fn decode_file_form(content_type: Option<&str>, body: &[u8]) -> AgentResult<
         .split("\r\n")
         .find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            name.trim().eq_ignore_ascii_case("content-disposition").then(|| value.trim().to_string())
+            name.trim()
+                .eq_ignore_ascii_case("content-disposition")
+                .then(|| value.trim().to_string())
         })
         .unwrap_or_default();
     let (_, params) = split_media_type(&disposition);
     let get = |key: &str| {
-        params.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone())
+        params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone())
     };
     let field = get("name").unwrap_or_default();
     if field.is_empty() {
         return Err(AgentError::BadRequest("missing field name".into()));
     }
     let file_name = get("filename").unwrap_or_default();
-    Ok(FilePart { field, file_name, data })
+    Ok(FilePart {
+        field,
+        file_name,
+        data,
+    })
 }
 
 /// Splits `type/subtype; k=v; k2="v 2"` into the media type and its parameters.
@@ -178,7 +187,9 @@ fn pick_boundary(data: &[u8]) -> String {
         if find(data, candidate.as_bytes()).is_none() {
             return candidate;
         }
-        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
     }
 }
 
@@ -223,21 +234,42 @@ mod tests {
         // What `requests` sends for files={"archive": (id, bytes)}.
         let body = b"--abc123\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"id-1\"\r\n\r\nDATA\r\n--abc123--\r\n";
         let part = decode_file_form(Some("multipart/form-data; boundary=abc123"), body).unwrap();
-        assert_eq!((part.field.as_str(), part.file_name.as_str()), ("archive", "id-1"));
+        assert_eq!(
+            (part.field.as_str(), part.file_name.as_str()),
+            ("archive", "id-1")
+        );
         assert_eq!(part.data, b"DATA");
     }
 
     #[test]
     fn errors_mirror_the_go_runner() {
         let msg = |r: AgentResult<FilePart>| r.unwrap_err().to_string();
-        assert_eq!(msg(decode_file_form(None, b"")), "missing content-type header");
+        assert_eq!(
+            msg(decode_file_form(None, b"")),
+            "missing content-type header"
+        );
         assert_eq!(
             msg(decode_file_form(Some("application/json"), b"{}")),
             "multipart/form-data expected, got application/json"
         );
-        assert_eq!(msg(decode_file_form(Some("multipart/form-data"), b"")), "missing boundary");
-        assert_eq!(msg(decode_file_form(Some("multipart/form-data; boundary=x"), b"--x--\r\n")), "empty form");
+        assert_eq!(
+            msg(decode_file_form(Some("multipart/form-data"), b"")),
+            "missing boundary"
+        );
+        assert_eq!(
+            msg(decode_file_form(
+                Some("multipart/form-data; boundary=x"),
+                b"--x--\r\n"
+            )),
+            "empty form"
+        );
         let two = b"--x\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"a\"\r\n\r\n1\r\n--x\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\n2\r\n--x--\r\n";
-        assert_eq!(msg(decode_file_form(Some("multipart/form-data; boundary=x"), two)), "extra form field(s)");
+        assert_eq!(
+            msg(decode_file_form(
+                Some("multipart/form-data; boundary=x"),
+                two
+            )),
+            "extra form field(s)"
+        );
     }
 }

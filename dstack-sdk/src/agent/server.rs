@@ -20,9 +20,9 @@ use super::multipart::{self, ARCHIVE_FIELD};
 use super::protocol::runner::RUNNER_SERVICE;
 use super::protocol::shim::SHIM_SERVICE;
 use super::protocol::{
-    ComponentInfo, ComponentInstallRequest, ComponentListResponse, ComponentStatus, HealthcheckResponse,
-    InstanceHealthResponse, InstanceInfoResponse, ShutdownRequest, TaskConfig, TaskListResponse,
-    TerminateRequest,
+    ComponentInfo, ComponentInstallRequest, ComponentListResponse, ComponentStatus,
+    HealthcheckResponse, InstanceHealthResponse, InstanceInfoResponse, ShutdownRequest, TaskConfig,
+    TaskListResponse, TerminateRequest,
 };
 
 /// The largest JSON body accepted (as the Go agents: 1 MB).
@@ -44,7 +44,10 @@ struct ShimState<E> {
 
 impl<E> Clone for ShimState<E> {
     fn clone(&self) -> Self {
-        Self { executor: self.executor.clone(), ctx: self.ctx.clone() }
+        Self {
+            executor: self.executor.clone(),
+            ctx: self.ctx.clone(),
+        }
     }
 }
 
@@ -55,7 +58,10 @@ struct RunnerState<R> {
 
 impl<R> Clone for RunnerState<R> {
     fn clone(&self) -> Self {
-        Self { runner: self.runner.clone(), version: self.version.clone() }
+        Self {
+            runner: self.runner.clone(),
+            version: self.version.clone(),
+        }
     }
 }
 
@@ -80,7 +86,11 @@ pub fn shim_router<E: Executor>(executor: Arc<E>, ctx: ShimContext) -> Router {
 /// The runner API router (`/api/healthcheck`, `/api/metrics`, `/api/submit`,
 /// `/api/upload_archive`, `/api/upload_code`, `/api/run`, `/api/pull`, `/api/stop`).
 /// Uploads accept up to `max_upload_bytes`.
-pub fn runner_router<R: JobRunner>(runner: Arc<R>, version: String, max_upload_bytes: usize) -> Router {
+pub fn runner_router<R: JobRunner>(
+    runner: Arc<R>,
+    version: String,
+    max_upload_bytes: usize,
+) -> Router {
     let uploads = Router::new()
         .route("/api/upload_archive", post(runner_upload_archive::<R>))
         .route("/api/upload_code", post(runner_upload_code::<R>))
@@ -104,7 +114,14 @@ fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(mut body) => {
             body.push(b'\n');
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response()
         }
         Err(e) => error(AgentError::json("response", e)),
     }
@@ -115,8 +132,14 @@ fn text(status: StatusCode, message: &str) -> Response {
     (
         status,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
         ],
         format!("{message}\n"),
     )
@@ -136,7 +159,11 @@ fn error(e: AgentError) -> Response {
         tracing::info!(error = %e, status = status.as_u16(), "agent API error");
     }
     let msg = e.to_string();
-    let msg = if msg.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { msg };
+    let msg = if msg.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        msg
+    };
     text(status, &msg)
 }
 
@@ -150,16 +177,29 @@ fn respond<T: Serialize>(r: AgentResult<T>) -> Response {
 /// Decodes a JSON request body with the Go agents' checks and messages.
 pub fn decode_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> AgentResult<T> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let media = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if media != "application/json" {
-            return Err(AgentError::UnsupportedMediaType("Content-Type header is not application/json".into()));
+            return Err(AgentError::UnsupportedMediaType(
+                "Content-Type header is not application/json".into(),
+            ));
         }
     }
     if body.len() > MAX_JSON_BODY {
-        return Err(AgentError::PayloadTooLarge("Request body must not be larger than 1MB".into()));
+        return Err(AgentError::PayloadTooLarge(
+            "Request body must not be larger than 1MB".into(),
+        ));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(AgentError::BadRequest("Request body must not be empty".into()));
+        return Err(AgentError::BadRequest(
+            "Request body must not be empty".into(),
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
@@ -168,7 +208,11 @@ pub fn decode_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Age
                 "Request body must only contain a single JSON object".into()
             }
             Category::Syntax | Category::Eof => {
-                format!("Request body contains badly-formed JSON (at line {} column {})", e.line(), e.column())
+                format!(
+                    "Request body contains badly-formed JSON (at line {} column {})",
+                    e.line(),
+                    e.column()
+                )
             }
             Category::Data | Category::Io => format!("Request body contains an invalid value: {e}"),
         })
@@ -179,10 +223,17 @@ pub fn decode_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Age
 // Shim handlers
 
 async fn shim_healthcheck<E: Executor>(State(s): State<ShimState<E>>) -> Response {
-    json(&HealthcheckResponse { service: SHIM_SERVICE.into(), version: s.ctx.version.clone() })
+    json(&HealthcheckResponse {
+        service: SHIM_SERVICE.into(),
+        version: s.ctx.version.clone(),
+    })
 }
 
-async fn shim_shutdown<E: Executor>(State(s): State<ShimState<E>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn shim_shutdown<E: Executor>(
+    State(s): State<ShimState<E>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match decode_json::<ShutdownRequest>(&headers, &body) {
         Ok(req) => {
             tracing::info!(force = req.force, "shutdown requested over the API");
@@ -212,7 +263,9 @@ async fn components<E: Executor>(State(s): State<ShimState<E>>) -> Response {
         version: s.ctx.version.clone(),
         status: ComponentStatus::Installed,
     };
-    json(&ComponentListResponse { components: vec![component(RUNNER_SERVICE), component(SHIM_SERVICE)] })
+    json(&ComponentListResponse {
+        components: vec![component(RUNNER_SERVICE), component(SHIM_SERVICE)],
+    })
 }
 
 async fn components_install(headers: HeaderMap, body: Bytes) -> Response {
@@ -235,14 +288,21 @@ async fn components_install(headers: HeaderMap, body: Bytes) -> Response {
 }
 
 async fn task_list<E: Executor>(State(s): State<ShimState<E>>) -> Response {
-    json(&TaskListResponse { tasks: s.executor.list_tasks(), ids: None })
+    json(&TaskListResponse {
+        tasks: s.executor.list_tasks(),
+        ids: None,
+    })
 }
 
 async fn task_info<E: Executor>(State(s): State<ShimState<E>>, Path(id): Path<String>) -> Response {
     respond(s.executor.task_info(&id))
 }
 
-async fn task_submit<E: Executor>(State(s): State<ShimState<E>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn task_submit<E: Executor>(
+    State(s): State<ShimState<E>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match decode_json::<TaskConfig>(&headers, &body) {
         Ok(cfg) => respond(s.executor.submit_task(cfg).await),
         Err(e) => error(e),
@@ -261,7 +321,10 @@ async fn task_terminate<E: Executor>(
     }
 }
 
-async fn task_remove<E: Executor>(State(s): State<ShimState<E>>, Path(id): Path<String>) -> Response {
+async fn task_remove<E: Executor>(
+    State(s): State<ShimState<E>>,
+    Path(id): Path<String>,
+) -> Response {
     match s.executor.remove_task(&id).await {
         Ok(()) => empty(),
         Err(e) => error(e),
@@ -276,14 +339,21 @@ async fn task_metrics() -> Response {
 // Runner handlers
 
 async fn runner_healthcheck<R: JobRunner>(State(s): State<RunnerState<R>>) -> Response {
-    json(&HealthcheckResponse { service: RUNNER_SERVICE.into(), version: s.version.clone() })
+    json(&HealthcheckResponse {
+        service: RUNNER_SERVICE.into(),
+        version: s.version.clone(),
+    })
 }
 
 async fn runner_metrics() -> Response {
     text(StatusCode::NOT_FOUND, "Metrics collector is not available")
 }
 
-async fn runner_submit<R: JobRunner>(State(s): State<RunnerState<R>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn runner_submit<R: JobRunner>(
+    State(s): State<RunnerState<R>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match decode_json(&headers, &body).and_then(|b| s.runner.submit_job(b)) {
         Ok(()) => empty(),
         Err(e) => error(e),
@@ -295,10 +365,15 @@ async fn runner_upload_archive<R: JobRunner>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let result = multipart::decode_file_form(content_type, &body).and_then(|part| {
         if part.field != ARCHIVE_FIELD {
-            return Err(AgentError::BadRequest(format!("unexpected field {}", part.field)));
+            return Err(AgentError::BadRequest(format!(
+                "unexpected field {}",
+                part.field
+            )));
         }
         if part.file_name.is_empty() {
             return Err(AgentError::BadRequest("missing file name".into()));
@@ -311,7 +386,10 @@ async fn runner_upload_archive<R: JobRunner>(
     }
 }
 
-async fn runner_upload_code<R: JobRunner>(State(s): State<RunnerState<R>>, body: Bytes) -> Response {
+async fn runner_upload_code<R: JobRunner>(
+    State(s): State<RunnerState<R>>,
+    body: Bytes,
+) -> Response {
     match s.runner.upload_code(&body) {
         Ok(()) => empty(),
         Err(e) => error(e),
@@ -326,7 +404,10 @@ async fn runner_run<R: JobRunner>(State(s): State<RunnerState<R>>) -> Response {
     }
 }
 
-async fn runner_pull<R: JobRunner>(State(s): State<RunnerState<R>>, RawQuery(query): RawQuery) -> Response {
+async fn runner_pull<R: JobRunner>(
+    State(s): State<RunnerState<R>>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let timestamp = query
         .as_deref()
         .unwrap_or("")
@@ -358,11 +439,17 @@ mod tests {
         assert_eq!(err(&h, b"").http_status(), 400);
         assert_eq!(err(&h, b"").to_string(), "Request body must not be empty");
         assert_eq!(err(&h, b"{\"timeout\":").http_status(), 400);
-        assert_eq!(err(&h, b"{} {}").to_string(), "Request body must only contain a single JSON object");
+        assert_eq!(
+            err(&h, b"{} {}").to_string(),
+            "Request body must only contain a single JSON object"
+        );
         assert_eq!(err(&h, b"{\"timeout\":\"x\"}").http_status(), 400);
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert_eq!(err(&h, b"{}").http_status(), 415);
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         let ok: TerminateRequest = decode_json(&h, b"{\"timeout\": 3, \"extra\": true}").unwrap();
         assert_eq!(ok.timeout, 3);
     }

@@ -4,7 +4,7 @@
 //! `GPUHUNT_CATALOG_DIR` through [`Catalog::from_env_dir`]), a zip of CSVs
 //! ([`Catalog::from_zip`]), in-memory CSVs ([`ProviderCatalog::from_csv`]), or gpuhunt's v3 HTTP
 //! layout (`Catalog::load_http`, behind the `http` feature). The CSV rules are in
-//! [`format`](super::format).
+//! [`format`](mod@super::format).
 
 use std::collections::HashMap;
 use std::fmt;

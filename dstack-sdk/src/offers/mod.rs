@@ -1,7 +1,7 @@
 //! gpuhunt-format offer catalogs, a columnar index and the gpuhunt-exact matcher.
 //!
 //! This module is a drop-in for gpuhunt 0.1.34's offline catalog: the same rows ([`item`]),
-//! CSV format and loader rules ([`format`]), sources and reloads ([`catalog`], [`reload`],
+//! CSV format and loader rules ([`format`](mod@format)), sources and reloads ([`catalog`], [`reload`],
 //! `http`), query filter and predicate ([`filter`]) and result order ([`order`]), answered from
 //! an index built once per load ([`index`]) instead of a scan per query.
 //!

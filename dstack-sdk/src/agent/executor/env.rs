@@ -66,16 +66,24 @@ pub fn layer_env(
     body: &SubmitBody,
     home: Option<&str>,
 ) -> IndexMap<String, String> {
-    let mut env: IndexMap<String, String> =
-        base.into_iter().filter(|(k, _)| !is_agent_private(k)).collect();
+    let mut env: IndexMap<String, String> = base
+        .into_iter()
+        .filter(|(k, _)| !is_agent_private(k))
+        .collect();
     for (k, v) in defaults {
-        env.entry((*k).to_string()).or_insert_with(|| (*v).to_string());
+        env.entry((*k).to_string())
+            .or_insert_with(|| (*v).to_string());
     }
     env.extend(dstack.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(secrets) = &body.secrets {
         env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    env.extend(body.job_spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(
+        body.job_spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     env.retain(|k, _| !(k.starts_with("BASH_FUNC_") && (k.ends_with("%%") || k.ends_with("()"))));
     if let Some(home) = home {
         env.insert("HOME".into(), home.into());
@@ -86,7 +94,11 @@ pub fn layer_env(
 /// The MPI hostfile: one `ip slots=N` line per node (`ip` alone for CPU nodes); empty when
 /// some IPs are unknown. `slots` defaults to `gpus_per_job` for every node when the server
 /// does not send per-node counts.
-pub fn mpi_hostfile(job_ips: &[String], gpus_per_node: &[i64], gpus_per_job: i64) -> Result<String, String> {
+pub fn mpi_hostfile(
+    job_ips: &[String],
+    gpus_per_node: &[i64],
+    gpus_per_job: i64,
+) -> Result<String, String> {
     if job_ips.iter().any(|ip| ip.is_empty()) {
         return Ok(String::new());
     }
@@ -105,7 +117,13 @@ pub fn mpi_hostfile(job_ips: &[String], gpus_per_node: &[i64], gpus_per_job: i64
     Ok(job_ips
         .iter()
         .zip(slots)
-        .map(|(ip, n)| if n == 0 { format!("{ip}\n") } else { format!("{ip} slots={n}\n") })
+        .map(|(ip, n)| {
+            if n == 0 {
+                format!("{ip}\n")
+            } else {
+                format!("{ip} slots={n}\n")
+            }
+        })
         .collect())
 }
 
@@ -123,7 +141,9 @@ pub fn expand_path(path: &str, base: Option<&str>, home: &str) -> Result<String,
         return Err("~username syntax is not supported".into());
     }
     match base {
-        Some(base) if !base.is_empty() && !path.starts_with('/') => Ok(clean(&format!("{base}/{path}"))),
+        Some(base) if !base.is_empty() && !path.starts_with('/') => {
+            Ok(clean(&format!("{base}/{path}")))
+        }
         _ => Ok(path),
     }
 }
@@ -154,7 +174,11 @@ pub fn clean(path: &str) -> String {
 }
 
 /// `*_VISIBLE_DEVICES` for a task limited to some GPUs (none when it may use all of them).
-pub fn visible_devices(vendor: Option<crate::agent::host::GpuVendor>, ids: &[String], all: bool) -> Vec<(String, String)> {
+pub fn visible_devices(
+    vendor: Option<crate::agent::host::GpuVendor>,
+    ids: &[String],
+    all: bool,
+) -> Vec<(String, String)> {
     use crate::agent::host::GpuVendor;
     if all {
         return Vec::new();
@@ -182,8 +206,17 @@ mod tests {
         b.job_spec.job_num = 1;
         b.job_spec.jobs_per_replica = 2;
         b.job_spec.env.insert("A".into(), "job".into());
-        b.job_spec.env.insert("DSTACK_RUN_NAME".into(), "overridden".into());
-        b.secrets = Some([("A".to_string(), "secret".to_string()), ("S".into(), "s".into())].into_iter().collect());
+        b.job_spec
+            .env
+            .insert("DSTACK_RUN_NAME".into(), "overridden".into());
+        b.secrets = Some(
+            [
+                ("A".to_string(), "secret".to_string()),
+                ("S".into(), "s".into()),
+            ]
+            .into_iter()
+            .collect(),
+        );
         b.cluster_info = Some(ClusterInfo {
             job_ips: vec!["10.0.0.1".into(), "10.0.0.2".into()],
             master_job_ip: "10.0.0.1".into(),
@@ -195,7 +228,11 @@ mod tests {
 
     #[test]
     fn dstack_variables() {
-        let paths = JobPaths { repo_dir: "/r".into(), working_dir: "/w".into(), mpi_hostfile: "/h".into() };
+        let paths = JobPaths {
+            repo_dir: "/r".into(),
+            working_dir: "/w".into(),
+            mpi_hostfile: "/h".into(),
+        };
         let env = dstack_env(&body(), &paths);
         assert_eq!(env["DSTACK_RUN_NAME"], "cool-cat-1");
         assert_eq!(env["DSTACK_NODE_RANK"], "1");
@@ -219,7 +256,13 @@ mod tests {
             ("BASH_FUNC_f%%".into(), "() { :; }".into()),
             ("HOME".into(), "/root".into()),
         ];
-        let env = layer_env(base, &[("PYTHONUNBUFFERED", "1")], &dstack, &b, Some("/home/u"));
+        let env = layer_env(
+            base,
+            &[("PYTHONUNBUFFERED", "1")],
+            &dstack,
+            &b,
+            Some("/home/u"),
+        );
         assert_eq!(env["A"], "job");
         assert_eq!(env["S"], "s");
         assert_eq!(env["DSTACK_RUN_NAME"], "overridden");
@@ -232,8 +275,14 @@ mod tests {
     #[test]
     fn hostfile() {
         let ips = vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()];
-        assert_eq!(mpi_hostfile(&ips, &[], 8).unwrap(), "10.0.0.1 slots=8\n10.0.0.2 slots=8\n");
-        assert_eq!(mpi_hostfile(&ips, &[0, 2], 0).unwrap(), "10.0.0.1\n10.0.0.2 slots=2\n");
+        assert_eq!(
+            mpi_hostfile(&ips, &[], 8).unwrap(),
+            "10.0.0.1 slots=8\n10.0.0.2 slots=8\n"
+        );
+        assert_eq!(
+            mpi_hostfile(&ips, &[0, 2], 0).unwrap(),
+            "10.0.0.1\n10.0.0.2 slots=2\n"
+        );
         assert_eq!(mpi_hostfile(&["".to_string()], &[], 1).unwrap(), "");
         assert!(mpi_hostfile(&ips, &[1], 1).is_err());
     }
@@ -241,9 +290,15 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(expand_path("~", None, "/home/u/").unwrap(), "/home/u");
-        assert_eq!(expand_path("~/x/../y", None, "/home/u").unwrap(), "/home/u/y");
+        assert_eq!(
+            expand_path("~/x/../y", None, "/home/u").unwrap(),
+            "/home/u/y"
+        );
         assert_eq!(expand_path("repo", Some("/w"), "/h").unwrap(), "/w/repo");
-        assert_eq!(expand_path("/abs/./p/", Some("/w"), "/h").unwrap(), "/abs/p");
+        assert_eq!(
+            expand_path("/abs/./p/", Some("/w"), "/h").unwrap(),
+            "/abs/p"
+        );
         assert_eq!(expand_path("rel", None, "/h").unwrap(), "rel");
         assert!(expand_path("~bob/x", None, "/h").is_err());
         assert_eq!(clean("/.."), "/");
@@ -254,7 +309,10 @@ mod tests {
     fn gpu_visibility() {
         use crate::agent::host::GpuVendor;
         let ids = vec!["0".to_string(), "2".to_string()];
-        assert_eq!(visible_devices(Some(GpuVendor::Nvidia), &ids, false)[0].1, "0,2");
+        assert_eq!(
+            visible_devices(Some(GpuVendor::Nvidia), &ids, false)[0].1,
+            "0,2"
+        );
         assert!(visible_devices(Some(GpuVendor::Nvidia), &ids, true).is_empty());
         assert!(visible_devices(None, &ids, false).is_empty());
     }

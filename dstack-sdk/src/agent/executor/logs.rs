@@ -87,7 +87,8 @@ impl LogStream {
             .append(true)
             .open(&self.path)
             .map_err(|e| AgentError::io("cannot open log file", &self.path, e))?;
-        f.write_all(&buf).map_err(|e| AgentError::io("cannot write log file", &self.path, e))?;
+        f.write_all(&buf)
+            .map_err(|e| AgentError::io("cannot write log file", &self.path, e))?;
         if let Some(o) = offset {
             self.last_offset = o;
         }
@@ -122,7 +123,12 @@ impl LogStream {
     /// Events newer than `after` and not newer than `until`, oldest first, while `budget`
     /// (message bytes) lasts; at least one event is returned when any qualifies. The second
     /// value tells whether the budget cut the answer short.
-    pub fn since(&self, after: i64, until: i64, budget: &mut usize) -> AgentResult<(Vec<LogEvent>, bool)> {
+    pub fn since(
+        &self,
+        after: i64,
+        until: i64,
+        budget: &mut usize,
+    ) -> AgentResult<(Vec<LogEvent>, bool)> {
         let in_memory = self.evicted_up_to.is_none_or(|t| after >= t);
         let mut out = Vec::new();
         let mut truncated = false;
@@ -161,7 +167,10 @@ fn decode(line: Line) -> AgentResult<LogEvent> {
     let message = base64::engine::general_purpose::STANDARD
         .decode(line.m.as_bytes())
         .map_err(|e| AgentError::Internal(format!("corrupt log line: {e}")))?;
-    Ok(LogEvent { message, timestamp: line.t })
+    Ok(LogEvent {
+        message,
+        timestamp: line.t,
+    })
 }
 
 /// Calls `f` for each well-formed line until it returns `false`; a torn last line (a crash
@@ -175,7 +184,9 @@ fn read_lines(path: &Path, mut f: impl FnMut(Line) -> AgentResult<bool>) -> Agen
     let mut n = 0;
     for raw in std::io::BufReader::new(file).split(b'\n') {
         let raw = raw.map_err(|e| AgentError::io("cannot read log file", path, e))?;
-        let Ok(line) = serde_json::from_slice::<Line>(&raw) else { continue };
+        let Ok(line) = serde_json::from_slice::<Line>(&raw) else {
+            continue;
+        };
         n += 1;
         if !f(line)? {
             break;
@@ -197,7 +208,12 @@ pub struct LineAssembler {
 impl LineAssembler {
     /// An assembler with the given flush limits.
     pub fn new(max_delay: Duration, max_len: usize) -> Self {
-        Self { pending: Vec::new(), pending_since: None, max_delay, max_len }
+        Self {
+            pending: Vec::new(),
+            pending_since: None,
+            max_delay,
+            max_len,
+        }
     }
 
     /// Bytes held back (not yet emitted).
@@ -232,7 +248,9 @@ impl LineAssembler {
     /// Emits the unfinished line if it has waited long enough.
     pub fn flush_stale(&mut self, now: Instant) -> Option<Vec<u8>> {
         let since = self.pending_since?;
-        (now.duration_since(since) >= self.max_delay).then(|| self.flush()).flatten()
+        (now.duration_since(since) >= self.max_delay)
+            .then(|| self.flush())
+            .flatten()
     }
 
     /// Emits whatever is held back.
@@ -302,7 +320,10 @@ mod tests {
     use super::*;
 
     fn ev(t: i64, m: &str) -> LogEvent {
-        LogEvent { message: m.as_bytes().to_vec(), timestamp: t }
+        LogEvent {
+            message: m.as_bytes().to_vec(),
+            timestamp: t,
+        }
     }
 
     #[test]
@@ -310,13 +331,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job_logs.jsonl");
         let mut s = LogStream::open(&path, 10).unwrap();
-        s.append(vec![ev(1, "aaaa"), ev(2, "bbbb")], Some(8)).unwrap();
+        s.append(vec![ev(1, "aaaa"), ev(2, "bbbb")], Some(8))
+            .unwrap();
         s.append(vec![ev(3, "cccc")], Some(12)).unwrap();
         // Only the newest events fit in 10 bytes of memory; older ones come from disk.
         let mut budget = usize::MAX;
         let (all, cut) = s.since(0, i64::MAX, &mut budget).unwrap();
         assert!(!cut);
-        assert_eq!(all.iter().map(|e| e.timestamp).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            all.iter().map(|e| e.timestamp).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         let (newer, _) = s.since(2, i64::MAX, &mut usize::MAX.clone()).unwrap();
         assert_eq!(newer, vec![ev(3, "cccc")]);
         // Budget: at least one event, then stop.
@@ -354,14 +379,20 @@ mod tests {
         assert_eq!(a.flush_stale(t0 + Duration::from_millis(100)), None);
         assert_eq!(a.push(b"ld\n", t0), vec![b"world\n".to_vec()]);
         assert_eq!(a.push(b"0123456789", t0), vec![b"01234567".to_vec()]);
-        assert_eq!(a.flush_stale(t0 + Duration::from_secs(1)), Some(b"89".to_vec()));
+        assert_eq!(
+            a.flush_stale(t0 + Duration::from_secs(1)),
+            Some(b"89".to_vec())
+        );
         assert_eq!(a.flush(), None);
     }
 
     #[test]
     fn ansi_is_stripped() {
         assert_eq!(strip_ansi(b"\x1b[1;32mok\x1b[0m done\n"), b"ok done\n");
-        assert_eq!(strip_ansi(b"\x1b]0;title\x07text\x1b]8;;http://x\x1b\\link"), b"textlink");
+        assert_eq!(
+            strip_ansi(b"\x1b]0;title\x07text\x1b]8;;http://x\x1b\\link"),
+            b"textlink"
+        );
         assert_eq!(strip_ansi(b"a\x1b(Bb\x1b"), b"ab");
         assert_eq!(strip_ansi("ünïcode\n".as_bytes()), "ünïcode\n".as_bytes());
     }

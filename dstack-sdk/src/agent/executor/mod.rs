@@ -71,7 +71,8 @@ impl RunnerState {
 /// The task lifecycle behind the shim API.
 pub trait Executor: Send + Sync + 'static {
     /// `POST /api/tasks`: registers the task and starts preparing it. 409 if the id exists.
-    fn submit_task(&self, config: TaskConfig) -> impl Future<Output = AgentResult<TaskInfo>> + Send;
+    fn submit_task(&self, config: TaskConfig)
+    -> impl Future<Output = AgentResult<TaskInfo>> + Send;
 
     /// `GET /api/tasks/{id}`. 404 if unknown.
     fn task_info(&self, id: &str) -> AgentResult<TaskInfo>;
@@ -130,6 +131,9 @@ mod tests {
         assert!(!RunnerState::WaitSubmit.accepts_run());
         assert!(RunnerState::WaitRun.accepts_run());
         assert!(!RunnerState::WaitLogsFinished.accepts_run());
-        assert_eq!(serde_json::to_string(&RunnerState::WaitLogsFinished).unwrap(), "\"wait_logs_finished\"");
+        assert_eq!(
+            serde_json::to_string(&RunnerState::WaitLogsFinished).unwrap(),
+            "\"wait_logs_finished\""
+        );
     }
 }

@@ -46,7 +46,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> AgentResult<(tokio::process::Child, u32)> 
         .append(true)
         .open(spec.output)
         .map_err(|e| AgentError::io("cannot open job output", spec.output, e))?;
-    let err = out.try_clone().map_err(|e| AgentError::io("cannot open job output", spec.output, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| AgentError::io("cannot open job output", spec.output, e))?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(WRAPPER)
@@ -64,21 +66,30 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> AgentResult<(tokio::process::Child, u32)> 
     if let Some((uid, gid)) = spec.credentials {
         cmd.uid(uid).gid(gid);
     }
-    let child = cmd.spawn().map_err(|e| AgentError::Process(format!("cannot start the job: {e}")))?;
-    let pid = child.id().ok_or_else(|| AgentError::Process("the job exited before it started".into()))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| AgentError::Process(format!("cannot start the job: {e}")))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| AgentError::Process("the job exited before it started".into()))?;
     Ok((child, pid))
 }
 
 /// Sends `signal` to the process group `pgid`; `Ok(false)` when the group no longer exists.
 pub fn signal_group(pgid: u32, signal: Signal) -> AgentResult<bool> {
-    let pgid = i32::try_from(pgid).map_err(|_| AgentError::Process(format!("invalid pgid {pgid}")))?;
+    let pgid =
+        i32::try_from(pgid).map_err(|_| AgentError::Process(format!("invalid pgid {pgid}")))?;
     if pgid <= 1 {
-        return Err(AgentError::Process(format!("refusing to signal process group {pgid}")));
+        return Err(AgentError::Process(format!(
+            "refusing to signal process group {pgid}"
+        )));
     }
     match killpg(Pid::from_raw(pgid), signal) {
         Ok(()) => Ok(true),
         Err(nix::errno::Errno::ESRCH) => Ok(false),
-        Err(e) => Err(AgentError::Process(format!("cannot signal process group {pgid}: {e}"))),
+        Err(e) => Err(AgentError::Process(format!(
+            "cannot signal process group {pgid}: {e}"
+        ))),
     }
 }
 
@@ -106,7 +117,9 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
 
 /// `/proc/<pid>/stat`, if the process exists.
 pub fn read_stat(pid: u32) -> Option<ProcStat> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|t| parse_stat(&t))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| parse_stat(&t))
 }
 
 /// Whether `pid` runs (not a zombie) and, when `start_time` is given, is the same process.
@@ -177,8 +190,17 @@ mod tests {
         let out = dir.path().join("out");
         let exit = dir.path().join("exit");
         let argv = vec!["/bin/sh".to_string(), "-c".into(), "echo hi; exit 3".into()];
-        let env: IndexMap<String, String> = [("PATH".to_string(), "/usr/bin:/bin".to_string())].into_iter().collect();
-        let spec = SpawnSpec { argv: &argv, env: &env, cwd: dir.path(), output: &out, exit_file: &exit, credentials: None };
+        let env: IndexMap<String, String> = [("PATH".to_string(), "/usr/bin:/bin".to_string())]
+            .into_iter()
+            .collect();
+        let spec = SpawnSpec {
+            argv: &argv,
+            env: &env,
+            cwd: dir.path(),
+            output: &out,
+            exit_file: &exit,
+            credentials: None,
+        };
         let (mut child, pid) = spawn(&spec).unwrap();
         let status = child.wait().await.unwrap();
         assert_eq!(exit_code(status), Some(3));

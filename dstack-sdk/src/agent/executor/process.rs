@@ -36,8 +36,8 @@ use super::env::{JobPaths, dstack_env, expand_path, layer_env, mpi_hostfile, vis
 use super::logs::{LineAssembler, LogStream, strip_ansi};
 use super::pgroup::{self, SpawnSpec};
 use super::record::{
-    ProcessRecord, REASON_CONTAINER_EXITED_WITH_ERROR, REASON_DONE_BY_RUNNER, REASON_EXECUTOR_ERROR,
-    RunnerRecord, StopCause, StopRecord, TaskRecord,
+    ProcessRecord, REASON_CONTAINER_EXITED_WITH_ERROR, REASON_DONE_BY_RUNNER,
+    REASON_EXECUTOR_ERROR, RunnerRecord, StopCause, StopRecord, TaskRecord,
 };
 use super::{Executor, JobRunner, RunnerState};
 use crate::agent::error::{AgentError, AgentResult};
@@ -165,7 +165,9 @@ fn valid_name(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 200
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Task {
@@ -186,7 +188,8 @@ impl Task {
     }
 
     fn save(&self, st: &TaskState) -> AgentResult<()> {
-        let body = serde_json::to_vec_pretty(&st.record).map_err(|e| AgentError::json("task.json", e))?;
+        let body =
+            serde_json::to_vec_pretty(&st.record).map_err(|e| AgentError::json("task.json", e))?;
         fsutil::write_atomic(&self.dir.join(TASK_FILE), &body)
     }
 
@@ -199,7 +202,13 @@ impl Task {
 }
 
 impl TaskState {
-    fn push_state(&mut self, state: JobState, reason: &str, message: &str, exit_status: Option<i32>) {
+    fn push_state(
+        &mut self,
+        state: JobState,
+        reason: &str,
+        message: &str,
+        exit_status: Option<i32>,
+    ) {
         let timestamp = self.clock.tick();
         self.record.runner.job_states.push(JobStateEvent {
             state,
@@ -208,16 +217,28 @@ impl TaskState {
             termination_message: message.to_string(),
             exit_status,
         });
-        let exit = exit_status.map(|c| format!(", exit status {c}")).unwrap_or_default();
-        let why = if reason.is_empty() { String::new() } else { format!(" ({reason}: {message})") };
-        self.runner_log(&format!("Job state changed to {}{why}{exit}", state.as_str()));
+        let exit = exit_status
+            .map(|c| format!(", exit status {c}"))
+            .unwrap_or_default();
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reason}: {message})")
+        };
+        self.runner_log(&format!(
+            "Job state changed to {}{why}{exit}",
+            state.as_str()
+        ));
     }
 
     fn runner_log(&mut self, message: &str) {
         let timestamp = self.clock.tick();
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
         let line = format!("{now} {message}\n");
-        let event = LogEvent { message: line.into_bytes(), timestamp };
+        let event = LogEvent {
+            message: line.into_bytes(),
+            timestamp,
+        };
         if let Err(e) = self.runner_logs.append(vec![event], None) {
             tracing::warn!(error = %e, "cannot write runner log");
         }
@@ -255,7 +276,11 @@ impl ProcessExecutor {
     /// Opens the executor over `home` (creating `home/tasks`), restores the tasks a previous
     /// agent left there and resumes supervising their running jobs. Needs a Tokio runtime.
     #[tracing::instrument(level = "info", skip(gpus, config))]
-    pub async fn open(home: &Path, gpus: Vec<GpuInfo>, config: ProcessExecutorConfig) -> AgentResult<Self> {
+    pub async fn open(
+        home: &Path,
+        gpus: Vec<GpuInfo>,
+        config: ProcessExecutorConfig,
+    ) -> AgentResult<Self> {
         let tasks_dir = home.join(TASKS_DIR);
         fsutil::create_dir_all(&tasks_dir)?;
         let inner = Arc::new(Inner {
@@ -291,7 +316,9 @@ impl ProcessExecutor {
         let mut max_seq = 0;
         for entry in entries.flatten() {
             let dir = entry.path();
-            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
             if !valid_name(&id) || !dir.join(TASK_FILE).exists() {
                 continue;
             }
@@ -300,7 +327,9 @@ impl ProcessExecutor {
                     max_seq = max_seq.max(task.lock().record.seq);
                     lock(&self.inner.tasks).insert(id, task);
                 }
-                Err(e) => tracing::error!(task = %id, error = %e, "cannot restore task, skipping it"),
+                Err(e) => {
+                    tracing::error!(task = %id, error = %e, "cannot restore task, skipping it")
+                }
             }
         }
         self.inner.seq.store(max_seq + 1, Ordering::SeqCst);
@@ -313,13 +342,15 @@ impl ProcessExecutor {
 
     fn load_task(&self, id: &str, dir: &Path) -> AgentResult<Arc<Task>> {
         let path = dir.join(TASK_FILE);
-        let text = std::fs::read(&path).map_err(|e| AgentError::io("cannot read task state", &path, e))?;
-        let record: TaskRecord =
-            serde_json::from_slice(&text).map_err(|e| AgentError::json(path.display().to_string(), e))?;
+        let text =
+            std::fs::read(&path).map_err(|e| AgentError::io("cannot read task state", &path, e))?;
+        let record: TaskRecord = serde_json::from_slice(&text)
+            .map_err(|e| AgentError::json(path.display().to_string(), e))?;
         let submit_path = dir.join(SUBMIT_FILE);
         let submit = match std::fs::read(&submit_path) {
             Ok(bytes) => Some(
-                serde_json::from_slice(&bytes).map_err(|e| AgentError::json(submit_path.display().to_string(), e))?,
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| AgentError::json(submit_path.display().to_string(), e))?,
             ),
             Err(_) => None,
         };
@@ -336,14 +367,28 @@ impl ProcessExecutor {
         .max()
         .unwrap_or(0);
         let finished = record.runner.state == RunnerState::WaitLogsFinished;
-        let state = TaskState { record, submit, clock: MonotonicClock::starting_after(last), job_logs, runner_logs };
-        Ok(Task::new(id.to_string(), dir.to_path_buf(), state, finished))
+        let state = TaskState {
+            record,
+            submit,
+            clock: MonotonicClock::starting_after(last),
+            job_logs,
+            runner_logs,
+        };
+        Ok(Task::new(
+            id.to_string(),
+            dir.to_path_buf(),
+            state,
+            finished,
+        ))
     }
 
     /// Picks a restored task up where the previous agent left it.
     fn resume(&self, task: &Arc<Task>) {
         let mut st = task.lock();
-        if !matches!(st.record.status, TaskStatus::Running | TaskStatus::Terminated) {
+        if !matches!(
+            st.record.status,
+            TaskStatus::Running | TaskStatus::Terminated
+        ) {
             // Process-mode preparation is synchronous; a task caught in between is ready.
             st.record.status = TaskStatus::Running;
             st.record.config.registry_password.clear();
@@ -369,7 +414,8 @@ impl ProcessExecutor {
                 self.arm_logs_wait(task);
             }
             (RunnerState::WaitLogsFinished, _) => {
-                let pending = st.record.status == TaskStatus::Running && !st.record.runner.logs_pulled;
+                let pending =
+                    st.record.status == TaskStatus::Running && !st.record.runner.logs_pulled;
                 drop(st);
                 if pending {
                     self.arm_logs_wait(task);
@@ -398,7 +444,10 @@ impl ProcessExecutor {
             let st = task.lock();
             let finished = st.record.runner.finished_at_ms.unwrap_or_else(now_ms);
             let elapsed = u64::try_from(now_ms() - finished).unwrap_or(0);
-            self.inner.config.logs_wait.saturating_sub(Duration::from_millis(elapsed))
+            self.inner
+                .config
+                .logs_wait
+                .saturating_sub(Duration::from_millis(elapsed))
         };
         self.spawn_bg(async move {
             tokio::time::sleep(wait).await;
@@ -433,13 +482,22 @@ impl ProcessExecutor {
         }
         let mut tasks = lock(&self.inner.tasks);
         if tasks.contains_key(&config.id) {
-            return Err(AgentError::Conflict(format!("request error: task {} is already submitted", config.id)));
+            return Err(AgentError::Conflict(format!(
+                "request error: task {} is already submitted",
+                config.id
+            )));
         }
         let dir = self.inner.tasks_dir.join(&config.id);
         fsutil::create_dir_all(&dir)?;
         let mem = self.inner.config.memory_log_bytes;
         // A leftover directory (e.g. a removal that failed half-way) is started afresh.
-        for stale in [JOB_LOGS_FILE, RUNNER_LOGS_FILE, OUTPUT_FILE, EXIT_FILE, SUBMIT_FILE] {
+        for stale in [
+            JOB_LOGS_FILE,
+            RUNNER_LOGS_FILE,
+            OUTPUT_FILE,
+            EXIT_FILE,
+            SUBMIT_FILE,
+        ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let gpu_ids = self.allocate_gpus(&tasks, config.gpu);
@@ -486,7 +544,11 @@ impl ProcessExecutor {
     }
 
     /// Picks GPUs not held by other live tasks: `-1` all free ones, `N` exactly N.
-    fn allocate_gpus(&self, tasks: &BTreeMap<String, Arc<Task>>, wanted: i64) -> Result<Vec<String>, String> {
+    fn allocate_gpus(
+        &self,
+        tasks: &BTreeMap<String, Arc<Task>>,
+        wanted: i64,
+    ) -> Result<Vec<String>, String> {
         if wanted == 0 || self.inner.gpus.is_empty() {
             return Ok(Vec::new());
         }
@@ -494,14 +556,24 @@ impl ProcessExecutor {
             .values()
             .flat_map(|t| {
                 let st = t.lock();
-                if st.record.status == TaskStatus::Terminated { Vec::new() } else { st.record.gpu_ids.clone() }
+                if st.record.status == TaskStatus::Terminated {
+                    Vec::new()
+                } else {
+                    st.record.gpu_ids.clone()
+                }
             })
             .collect();
         let free: Vec<String> = self
             .inner
             .gpus
             .iter()
-            .map(|g| if g.id.is_empty() { g.index.clone() } else { g.id.clone() })
+            .map(|g| {
+                if g.id.is_empty() {
+                    g.index.clone()
+                } else {
+                    g.id.clone()
+                }
+            })
             .filter(|id| !busy.contains(id))
             .collect();
         if wanted < 0 {
@@ -509,7 +581,10 @@ impl ProcessExecutor {
         }
         let wanted = wanted as usize;
         if free.len() < wanted {
-            return Err(format!("not enough GPUs: {wanted} requested, {} free", free.len()));
+            return Err(format!(
+                "not enough GPUs: {wanted} requested, {} free",
+                free.len()
+            ));
         }
         Ok(free.into_iter().take(wanted).collect())
     }
@@ -525,36 +600,61 @@ impl ProcessExecutor {
         } else {
             format!("job-{}", now_ms())
         };
-        let name = if body.run_spec().run_name.is_empty() { id.clone() } else { body.run_spec().run_name.clone() };
+        let name = if body.run_spec().run_name.is_empty() {
+            id.clone()
+        } else {
+            body.run_spec().run_name.clone()
+        };
         self.create_task(TaskConfig::new(id, name, ""))
     }
 
     fn runner_task(&self) -> AgentResult<Arc<Task>> {
-        self.current().ok_or_else(|| AgentError::Conflict("no job submitted".into()))
+        self.current()
+            .ok_or_else(|| AgentError::Conflict("no job submitted".into()))
     }
 
-    fn prepare(&self, task: &Task, st: &mut TaskState, body: &SubmitBody) -> Result<PreparedJob, String> {
+    fn prepare(
+        &self,
+        task: &Task,
+        st: &mut TaskState,
+        body: &SubmitBody,
+    ) -> Result<PreparedJob, String> {
         let spec = &body.job_spec;
         if spec.commands.is_empty() {
             return Err("the job has no commands".into());
         }
         let (user, credentials) = resolve_user(spec.user.as_ref(), st)?;
-        let home = user.as_ref().map(|u| u.dir.display().to_string()).filter(|d| Path::new(d).is_dir());
-        let home = home.or_else(|| std::env::var("HOME").ok()).unwrap_or_else(|| "/".into());
-        let username = user.as_ref().map(|u| u.name.clone()).unwrap_or_else(current_username);
+        let home = user
+            .as_ref()
+            .map(|u| u.dir.display().to_string())
+            .filter(|d| Path::new(d).is_dir());
+        let home = home
+            .or_else(|| std::env::var("HOME").ok())
+            .unwrap_or_else(|| "/".into());
+        let username = user
+            .as_ref()
+            .map(|u| u.name.clone())
+            .unwrap_or_else(current_username);
 
         let working_dir = match &spec.working_dir {
             Some(wd) => {
-                let wd = expand_path(wd, None, &home).map_err(|e| format!("Failed to set job working dir ({e})"))?;
+                let wd = expand_path(wd, None, &home)
+                    .map_err(|e| format!("Failed to set job working dir ({e})"))?;
                 if !wd.starts_with('/') {
-                    return Err(format!("Failed to set job working dir (working dir must be absolute: {wd})"));
+                    return Err(format!(
+                        "Failed to set job working dir (working dir must be absolute: {wd})"
+                    ));
                 }
                 PathBuf::from(wd)
             }
             None => task.dir.join(WORK_DIR),
         };
-        std::fs::create_dir_all(&working_dir)
-            .map_err(|e| format!("Failed to set job working dir ({}: {e})", working_dir.display()))?;
+        std::fs::create_dir_all(&working_dir).map_err(|e| {
+            format!(
+                "Failed to set job working dir ({}: {e})",
+                working_dir.display()
+            )
+        })?;
         if let Some((uid, gid)) = credentials {
             let _ = std::os::unix::fs::chown(&working_dir, Some(uid), Some(gid));
             for f in [OUTPUT_FILE, EXIT_FILE] {
@@ -566,16 +666,23 @@ impl ProcessExecutor {
         }
         let working_dir_str = working_dir.display().to_string();
         let repo_dir = match &spec.repo_dir {
-            Some(rd) => expand_path(rd, Some(&working_dir_str), &home).map_err(|e| format!("Failed to set up the repo ({e})"))?,
+            Some(rd) => expand_path(rd, Some(&working_dir_str), &home)
+                .map_err(|e| format!("Failed to set up the repo ({e})"))?,
             None => working_dir_str.clone(),
         };
 
         let cluster = body.cluster_info.clone().unwrap_or_default();
         let hostfile = task.dir.join("mpi").join("hostfile");
-        let content = mpi_hostfile(&cluster.job_ips, &cluster.gpus_per_node, cluster.gpus_per_job)
+        let content = mpi_hostfile(
+            &cluster.job_ips,
+            &cluster.gpus_per_node,
+            cluster.gpus_per_job,
+        )
+        .map_err(|e| format!("Failed to write the MPI hostfile ({e})"))?;
+        fsutil::create_dir_all(hostfile.parent().unwrap_or(&task.dir))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&hostfile, content)
             .map_err(|e| format!("Failed to write the MPI hostfile ({e})"))?;
-        fsutil::create_dir_all(hostfile.parent().unwrap_or(&task.dir)).map_err(|e| e.to_string())?;
-        std::fs::write(&hostfile, content).map_err(|e| format!("Failed to write the MPI hostfile ({e})"))?;
 
         let paths = JobPaths {
             repo_dir: repo_dir.clone(),
@@ -586,12 +693,23 @@ impl ProcessExecutor {
         let vendor = self.inner.gpus.first().map(|g| g.vendor);
         let all_gpus = st.record.config.gpu < 0;
         let mut defaults: Vec<(String, String)> = vec![("PYTHONUNBUFFERED".into(), "1".into())];
-        defaults.extend(visible_devices(vendor, &st.record.gpu_ids, all_gpus || st.record.gpu_ids.is_empty()));
-        let defaults: Vec<(&str, &str)> = defaults.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let base = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        defaults.extend(visible_devices(
+            vendor,
+            &st.record.gpu_ids,
+            all_gpus || st.record.gpu_ids.is_empty(),
+        ));
+        let defaults: Vec<(&str, &str)> = defaults
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let base = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         let env = layer_env(base, &defaults, &dstack, body, Some(&home));
 
-        st.record.runner.job_info = Some(JobInfoResponse { working_dir: paths.working_dir.clone(), username });
+        st.record.runner.job_info = Some(JobInfoResponse {
+            working_dir: paths.working_dir.clone(),
+            username,
+        });
         Ok(PreparedJob {
             argv: spec.commands.clone(),
             env,
@@ -663,9 +781,12 @@ fn resolve_user(
     user: Option<&crate::agent::protocol::UnixUser>,
     st: &mut TaskState,
 ) -> Result<ResolvedUser, String> {
-    let Some(spec) = user else { return Ok((None, None)) };
+    let Some(spec) = user else {
+        return Ok((None, None));
+    };
     let found = if let Some(uid) = spec.uid {
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).map_err(|e| format!("Failed to set job user ({e})"))?
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .map_err(|e| format!("Failed to set job user ({e})"))?
     } else if let Some(name) = &spec.username {
         Some(
             nix::unistd::User::from_name(name)
@@ -677,7 +798,10 @@ fn resolve_user(
     };
     let me = nix::unistd::geteuid();
     let uid = spec.uid.or(found.as_ref().map(|u| u.uid.as_raw()));
-    let gid = spec.gid.or(found.as_ref().map(|u| u.gid.as_raw())).unwrap_or(0);
+    let gid = spec
+        .gid
+        .or(found.as_ref().map(|u| u.gid.as_raw()))
+        .unwrap_or(0);
     match uid {
         Some(uid) if uid == me.as_raw() => Ok((found, None)),
         Some(uid) if me.is_root() => Ok((found, Some((uid, gid)))),
@@ -695,7 +819,11 @@ fn resolve_user(
 impl Executor for ProcessExecutor {
     #[tracing::instrument(level = "info", skip(self, config), fields(task = %config.id))]
     async fn submit_task(&self, config: TaskConfig) -> AgentResult<TaskInfo> {
-        for (value, field) in [(&config.id, "id"), (&config.name, "name"), (&config.image_name, "image_name")] {
+        for (value, field) in [
+            (&config.id, "id"),
+            (&config.name, "name"),
+            (&config.image_name, "image_name"),
+        ] {
             if value.is_empty() {
                 return Err(AgentError::BadRequest(format!("empty {field}")));
             }
@@ -718,7 +846,13 @@ impl Executor for ProcessExecutor {
             .iter()
             .map(|t| {
                 let st = t.lock();
-                (st.record.seq, TaskListItem { id: t.id.clone(), status: st.record.status })
+                (
+                    st.record.seq,
+                    TaskListItem {
+                        id: t.id.clone(),
+                        status: st.record.status,
+                    },
+                )
             })
             .collect();
         items.sort_by_key(|(seq, _)| *seq);
@@ -746,7 +880,10 @@ impl Executor for ProcessExecutor {
         };
         let mut finished = task.finished.subscribe();
         let limit = grace + Duration::from_secs(15);
-        if tokio::time::timeout(limit, finished.wait_for(|f| *f)).await.is_err() {
+        if tokio::time::timeout(limit, finished.wait_for(|f| *f))
+            .await
+            .is_err()
+        {
             tracing::warn!(task = %id, "the job did not finish in time after termination");
         }
         // Processes the job left behind (background jobs) go with the task, as they would
@@ -782,7 +919,10 @@ impl Executor for ProcessExecutor {
         lock(&self.inner.tasks).remove(id);
         if let Err(e) = std::fs::remove_dir_all(&task.dir) {
             tracing::error!(task = %id, error = %e, "cannot remove the task directory");
-            let trash = self.inner.tasks_dir.join(format!(".trash-{id}-{}", now_ms()));
+            let trash = self
+                .inner
+                .tasks_dir
+                .join(format!(".trash-{id}-{}", now_ms()));
             if let Err(e) = std::fs::rename(&task.dir, &trash) {
                 tracing::error!(task = %id, error = %e, "cannot move the task directory away");
             }
@@ -824,17 +964,25 @@ impl JobRunner for ProcessExecutor {
 
     fn upload_archive(&self, archive_id: &str, data: &[u8]) -> AgentResult<()> {
         if !valid_name(archive_id) {
-            return Err(AgentError::BadRequest(format!("invalid archive id {archive_id:?}")));
+            return Err(AgentError::BadRequest(format!(
+                "invalid archive id {archive_id:?}"
+            )));
         }
         let task = self.runner_task()?;
         let mut st = task.lock();
         if !st.record.runner.state.accepts_run() {
-            return Err(AgentError::Conflict(format!("Conflict: the runner is in state {}", st.record.runner.state.as_str())));
+            return Err(AgentError::Conflict(format!(
+                "Conflict: the runner is in state {}",
+                st.record.runner.state.as_str()
+            )));
         }
         let dir = task.dir.join(ARCHIVES_DIR);
         fsutil::create_dir_all(&dir)?;
         fsutil::write_atomic(&dir.join(archive_id), data)?;
-        st.runner_log(&format!("File archive {archive_id} uploaded ({} bytes)", data.len()));
+        st.runner_log(&format!(
+            "File archive {archive_id} uploaded ({} bytes)",
+            data.len()
+        ));
         Ok(())
     }
 
@@ -842,7 +990,10 @@ impl JobRunner for ProcessExecutor {
         let task = self.runner_task()?;
         let mut st = task.lock();
         if !st.record.runner.state.accepts_run() {
-            return Err(AgentError::Conflict(format!("Conflict: the runner is in state {}", st.record.runner.state.as_str())));
+            return Err(AgentError::Conflict(format!(
+                "Conflict: the runner is in state {}",
+                st.record.runner.state.as_str()
+            )));
         }
         fsutil::write_atomic(&task.dir.join(CODE_FILE), data)?;
         st.runner_log(&format!("Code uploaded ({} bytes)", data.len()));
@@ -854,7 +1005,10 @@ impl JobRunner for ProcessExecutor {
         let task = self.runner_task()?;
         let mut st = task.lock();
         if !st.record.runner.state.accepts_run() {
-            return Err(AgentError::Conflict(format!("Conflict: the runner is in state {}", st.record.runner.state.as_str())));
+            return Err(AgentError::Conflict(format!(
+                "Conflict: the runner is in state {}",
+                st.record.runner.state.as_str()
+            )));
         }
         let body = st
             .submit
@@ -872,7 +1026,11 @@ impl JobRunner for ProcessExecutor {
             }
             Ok(job) => {
                 let info = st.record.runner.job_info.clone();
-                st.runner_log(&format!("Run job: {:?} in {}", job.argv, job.working_dir.display()));
+                st.runner_log(&format!(
+                    "Run job: {:?} in {}",
+                    job.argv,
+                    job.working_dir.display()
+                ));
                 task.save(&st)?;
                 drop(st);
                 let handle = self.spawn_bg(start_job(self.clone(), task.clone(), job));
@@ -934,7 +1092,9 @@ impl JobRunner for ProcessExecutor {
 
     #[tracing::instrument(level = "info", skip(self))]
     fn stop_job(&self) -> AgentResult<()> {
-        let Some(task) = self.current() else { return Ok(()) };
+        let Some(task) = self.current() else {
+            return Ok(());
+        };
         let mut st = task.lock();
         match st.record.runner.state {
             RunnerState::WaitSubmit | RunnerState::WaitRun => {
@@ -945,7 +1105,12 @@ impl JobRunner for ProcessExecutor {
             }
             RunnerState::ServeLogs => {
                 st.runner_log("Stop requested");
-                Self::request_stop(&task, &mut st, StopCause::Runner, self.inner.config.runner_stop_grace);
+                Self::request_stop(
+                    &task,
+                    &mut st,
+                    StopCause::Runner,
+                    self.inner.config.runner_stop_grace,
+                );
             }
             RunnerState::WaitLogsFinished => {}
         }
@@ -986,11 +1151,13 @@ async fn start_job(executor: ProcessExecutor, task: Arc<Task>, job: PreparedJob)
     let spawned = {
         let mut st = task.lock();
         if st.record.runner.stop.is_some() {
-            let (state, reason, message) = st.record.runner.stop.as_ref().map(|s| s.cause.outcome()).unwrap_or((
-                JobState::Terminated,
-                String::new(),
-                String::new(),
-            ));
+            let (state, reason, message) = st
+                .record
+                .runner
+                .stop
+                .as_ref()
+                .map(|s| s.cause.outcome())
+                .unwrap_or((JobState::Terminated, String::new(), String::new()));
             st.push_state(state, &reason, &message, None);
             finish_locked(&task, &mut st);
             None
@@ -1013,7 +1180,9 @@ async fn start_job(executor: ProcessExecutor, task: Arc<Task>, job: PreparedJob)
                         pid,
                         start_time: pgroup::read_stat(pid).map(|s| s.start_time),
                         started_at_ms: started,
-                        deadline_ms: job.max_duration.map(|d| started.saturating_add(d.saturating_mul(1000))),
+                        deadline_ms: job
+                            .max_duration
+                            .map(|d| started.saturating_add(d.saturating_mul(1000))),
                         log_quota_hour: job.log_quota_hour,
                     });
                     st.push_state(JobState::Running, "", "", None);
@@ -1021,7 +1190,12 @@ async fn start_job(executor: ProcessExecutor, task: Arc<Task>, job: PreparedJob)
                     Some(child)
                 }
                 Err(e) => {
-                    st.push_state(JobState::Failed, REASON_EXECUTOR_ERROR, &e.to_string(), None);
+                    st.push_state(
+                        JobState::Failed,
+                        REASON_EXECUTOR_ERROR,
+                        &e.to_string(),
+                        None,
+                    );
                     finish_locked(&task, &mut st);
                     None
                 }
@@ -1035,10 +1209,16 @@ async fn start_job(executor: ProcessExecutor, task: Arc<Task>, job: PreparedJob)
 }
 
 /// Unpacks the code (local and virtual repos) and the file archives.
-async fn setup(executor: &ProcessExecutor, task: &Task, job: &PreparedJob) -> Result<(), (&'static str, String)> {
+async fn setup(
+    executor: &ProcessExecutor,
+    task: &Task,
+    job: &PreparedJob,
+) -> Result<(), (&'static str, String)> {
     let timeout = executor.inner.config.setup_timeout;
     let code = task.dir.join(CODE_FILE);
-    let has_code = std::fs::metadata(&code).map(|m| m.len() > 0).unwrap_or(false);
+    let has_code = std::fs::metadata(&code)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
     if has_code {
         match job.repo_type.as_str() {
             "local" | "virtual" => {
@@ -1063,20 +1243,34 @@ async fn setup(executor: &ProcessExecutor, task: &Task, job: &PreparedJob) -> Re
         }
     }
     for fa in &job.file_archives {
-        let fail = |e: String| (REASON_EXECUTOR_ERROR, format!("Failed to set up files ({e})"));
+        let fail = |e: String| {
+            (
+                REASON_EXECUTOR_ERROR,
+                format!("Failed to set up files ({e})"),
+            )
+        };
         let archive = task.dir.join(ARCHIVES_DIR).join(&fa.id);
         if !valid_name(&fa.id) || !archive.exists() {
             return Err(fail(format!("file archive {} was not uploaded", fa.id)));
         }
-        let dest = expand_path(&fa.path, Some(&job.working_dir.display().to_string()), &job.home).map_err(fail)?;
+        let dest = expand_path(
+            &fa.path,
+            Some(&job.working_dir.display().to_string()),
+            &job.home,
+        )
+        .map_err(fail)?;
         let dest = Path::new(&dest);
-        let (Some(parent), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else {
+        let (Some(parent), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str()))
+        else {
             return Err(fail(format!("invalid destination {}", fa.path)));
         };
         std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
         let _ = std::fs::remove_dir_all(dest).or_else(|_| std::fs::remove_file(dest));
         // The archive holds one top-level entry, unpacked under the destination's name.
-        let delim = [',', '|', '#', '@', '%', ':', ';'].into_iter().find(|c| !name.contains(*c)).unwrap_or(',');
+        let delim = [',', '|', '#', '@', '%', ':', ';']
+            .into_iter()
+            .find(|c| !name.contains(*c))
+            .unwrap_or(',');
         let replacement = name.replace('\\', "\\\\").replace('&', "\\&");
         let args = vec![
             "-xf".into(),
@@ -1085,21 +1279,36 @@ async fn setup(executor: &ProcessExecutor, task: &Task, job: &PreparedJob) -> Re
             parent.display().to_string(),
             format!("--transform=s{delim}^[^/]*{delim}{replacement}{delim}"),
         ];
-        run_tar(&args, job.credentials, timeout).await.map_err(fail)?;
-        task.lock().runner_log(&format!("File archive {} extracted into {}", fa.id, dest.display()));
+        run_tar(&args, job.credentials, timeout)
+            .await
+            .map_err(fail)?;
+        task.lock().runner_log(&format!(
+            "File archive {} extracted into {}",
+            fa.id,
+            dest.display()
+        ));
     }
     Ok(())
 }
 
-async fn run_tar(args: &[String], credentials: Option<(u32, u32)>, timeout: Duration) -> Result<(), String> {
+async fn run_tar(
+    args: &[String],
+    credentials: Option<(u32, u32)>,
+    timeout: Duration,
+) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new("tar");
-    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     if let Some((uid, gid)) = credentials {
         cmd.uid(uid).gid(gid);
     }
     match tokio::time::timeout(timeout, cmd.output()).await {
         Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(format!("tar: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Ok(Ok(out)) => Err(format!(
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
         Ok(Err(e)) => Err(format!("cannot run tar: {e}")),
         Err(_) => Err("tar timed out".into()),
     }
@@ -1209,7 +1418,9 @@ async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::
         path: task.dir.join(OUTPUT_FILE),
         read_to: offset,
         assembler: LineAssembler::new(inner.config.line_flush_delay, inner.config.max_line_bytes),
-        quota: process.log_quota_hour.map(|q| (q, process.started_at_ms, 0, 0)),
+        quota: process
+            .log_quota_hour
+            .map(|q| (q, process.started_at_ms, 0, 0)),
         over_quota: false,
     };
     let exit_file = task.dir.join(EXIT_FILE);
@@ -1220,7 +1431,9 @@ async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::
         if exited.is_none() {
             match child.as_mut().map(|c| c.try_wait()) {
                 Some(Ok(Some(status))) => {
-                    exited = Some(pgroup::read_exit_file(&exit_file).or_else(|| pgroup::exit_code(status)));
+                    exited = Some(
+                        pgroup::read_exit_file(&exit_file).or_else(|| pgroup::exit_code(status)),
+                    );
                 }
                 Some(Ok(None)) => {}
                 Some(Err(e)) => {
@@ -1242,7 +1455,12 @@ async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::
                 if capture.over_quota {
                     let quota = process.log_quota_hour.unwrap_or_default();
                     st.runner_log(&format!("Log quota of {quota} bytes per hour exceeded"));
-                    ProcessExecutor::request_stop(&task, &mut st, StopCause::LogQuota { quota }, Duration::ZERO);
+                    ProcessExecutor::request_stop(
+                        &task,
+                        &mut st,
+                        StopCause::LogQuota { quota },
+                        Duration::ZERO,
+                    );
                 } else if process.deadline_ms.is_some_and(|d| now >= d) {
                     st.runner_log("Max duration exceeded");
                     let grace = inner.config.runner_stop_grace;
@@ -1261,8 +1479,17 @@ async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::
                     }
                     changed = true;
                 }
-                let signalled = st.record.runner.stop.as_ref().and_then(|s| s.signalled_at_ms).unwrap_or(now);
-                if stop.killed_at_ms.is_none() && now >= signalled + stop.grace_ms as i64 && pgroup::group_alive(process.pid) {
+                let signalled = st
+                    .record
+                    .runner
+                    .stop
+                    .as_ref()
+                    .and_then(|s| s.signalled_at_ms)
+                    .unwrap_or(now);
+                if stop.killed_at_ms.is_none()
+                    && now >= signalled + stop.grace_ms as i64
+                    && pgroup::group_alive(process.pid)
+                {
                     st.runner_log("Grace period over: sending SIGKILL to the job's process group");
                     if let Err(e) = pgroup::signal_group(process.pid, Signal::SIGKILL) {
                         tracing::warn!(error = %e, "cannot kill the job");
@@ -1297,19 +1524,29 @@ async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::
                         st.push_state(state, &reason, &message, None);
                     }
                     None if capture.over_quota => {
-                        let (state, reason, message) =
-                            StopCause::LogQuota { quota: process.log_quota_hour.unwrap_or_default() }.outcome();
+                        let (state, reason, message) = StopCause::LogQuota {
+                            quota: process.log_quota_hour.unwrap_or_default(),
+                        }
+                        .outcome();
                         st.push_state(state, &reason, &message, None);
                     }
                     None => match code {
                         Some(0) => st.push_state(JobState::Done, "", "", Some(0)),
                         Some(c) => st.push_state(JobState::Failed, "", "", Some(c)),
-                        None => st.push_state(JobState::Failed, "", "The job's process disappeared; its exit status is unknown", None),
+                        None => st.push_state(
+                            JobState::Failed,
+                            "",
+                            "The job's process disappeared; its exit status is unknown",
+                            None,
+                        ),
                     },
                 }
                 finish_locked(&task, &mut st);
                 drop(st);
-                ProcessExecutor { inner: inner.clone() }.arm_logs_wait(&task);
+                ProcessExecutor {
+                    inner: inner.clone(),
+                }
+                .arm_logs_wait(&task);
                 return;
             }
         }

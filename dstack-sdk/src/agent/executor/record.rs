@@ -120,7 +120,9 @@ impl StopCause {
                 REASON_LOG_QUOTA_EXCEEDED.into(),
                 format!("Job log output exceeded the hourly quota of {quota} bytes"),
             ),
-            StopCause::Shim { reason, message } => (JobState::Terminated, reason.clone(), message.clone()),
+            StopCause::Shim { reason, message } => {
+                (JobState::Terminated, reason.clone(), message.clone())
+            }
         }
     }
 }
@@ -158,7 +160,10 @@ mod tests {
             runner: RunnerRecord::default(),
         };
         rec.runner.stop = Some(StopRecord {
-            cause: StopCause::Shim { reason: "terminated_by_user".into(), message: "m".into() },
+            cause: StopCause::Shim {
+                reason: "terminated_by_user".into(),
+                message: "m".into(),
+            },
             requested_at_ms: 1,
             grace_ms: 10_000,
             signalled_at_ms: None,
@@ -174,8 +179,18 @@ mod tests {
     #[test]
     fn outcomes() {
         let (state, reason, msg) = StopCause::MaxDuration.outcome();
-        assert_eq!((state, reason.as_str(), msg.as_str()), (JobState::Terminated, "max_duration_exceeded", "Max duration exceeded"));
-        assert_eq!(StopCause::LogQuota { quota: 10 }.outcome().0, JobState::Failed);
+        assert_eq!(
+            (state, reason.as_str(), msg.as_str()),
+            (
+                JobState::Terminated,
+                "max_duration_exceeded",
+                "Max duration exceeded"
+            )
+        );
+        assert_eq!(
+            StopCause::LogQuota { quota: 10 }.outcome().0,
+            JobState::Failed
+        );
         assert_eq!(StopCause::Runner.outcome().1, "");
     }
 }

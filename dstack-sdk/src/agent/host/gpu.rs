@@ -96,7 +96,10 @@ pub async fn detect_gpus() -> Vec<GpuInfo> {
         Some(GpuVendor::Nvidia) => nvidia_gpus().await,
         Some(GpuVendor::Amd) => amd_gpus().await,
         Some(vendor) => {
-            tracing::warn!(vendor = vendor.as_str(), "accelerator detection is not implemented for this vendor");
+            tracing::warn!(
+                vendor = vendor.as_str(),
+                "accelerator detection is not implemented for this vendor"
+            );
             Vec::new()
         }
         // A driver without device nodes yet (or a container with the tool mounted).
@@ -106,8 +109,10 @@ pub async fn detect_gpus() -> Vec<GpuInfo> {
 }
 
 /// The `nvidia-smi` query the agent runs (dstack's shim asks for the same fields).
-pub const NVIDIA_SMI_ARGS: [&str; 2] =
-    ["--query-gpu=name,memory.total,uuid,driver_version", "--format=csv,noheader,nounits"];
+pub const NVIDIA_SMI_ARGS: [&str; 2] = [
+    "--query-gpu=name,memory.total,uuid,driver_version",
+    "--format=csv,noheader,nounits",
+];
 
 async fn nvidia_gpus() -> Vec<GpuInfo> {
     match run_tool("nvidia-smi", &NVIDIA_SMI_ARGS).await {
@@ -136,9 +141,13 @@ async fn amd_gpus() -> Vec<GpuInfo> {
 
 async fn run_tool(program: &str, args: &[&str]) -> Option<String> {
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).kill_on_drop(true).stdin(std::process::Stdio::null());
+    cmd.args(args)
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
     match tokio::time::timeout(TOOL_TIMEOUT, cmd.output()).await {
-        Ok(Ok(out)) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(Ok(out)) if out.status.success() => {
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
         Ok(Ok(out)) => {
             tracing::error!(
                 program,
@@ -242,9 +251,11 @@ pub fn parse_amd_smi(output: &str) -> Result<Vec<GpuInfo>, serde_json::Error> {
                 _ => 0,
             };
             let driver_version = g.driver.as_ref().and_then(|d| {
-                ["version", "driver_version"]
-                    .iter()
-                    .find_map(|k| d.get(*k).and_then(|v| v.as_str()).and_then(normalize_driver_version))
+                ["version", "driver_version"].iter().find_map(|k| {
+                    d.get(*k)
+                        .and_then(|v| v.as_str())
+                        .and_then(normalize_driver_version)
+                })
             });
             GpuInfo {
                 vendor: GpuVendor::Amd,
@@ -262,7 +273,9 @@ pub fn parse_amd_smi(output: &str) -> Result<Vec<GpuInfo>, serde_json::Error> {
 pub fn normalize_driver_version(value: &str) -> Option<String> {
     let v = value.trim();
     match v.to_ascii_uppercase().as_str() {
-        "" | "N/A" | "[N/A]" | "UNKNOWN" | "[UNKNOWN]" | "[NOT SUPPORTED]" | "[NOT AVAILABLE]" => None,
+        "" | "N/A" | "[N/A]" | "UNKNOWN" | "[UNKNOWN]" | "[NOT SUPPORTED]" | "[NOT AVAILABLE]" => {
+            None
+        }
         _ => Some(v.to_string()),
     }
 }
@@ -325,13 +338,21 @@ pub fn normalize_amd_gpu_name(name: &str) -> String {
         .and_then(|c| c.name("name"))
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| name.to_string());
-    if short == "MI300X-O" { "MI300X".into() } else { short }
+    if short == "MI300X-O" {
+        "MI300X".into()
+    } else {
+        short
+    }
 }
 
 /// `hl-smi` model → market name, e.g. `HL-225` → `Gaudi2`.
 pub fn normalize_intel_accelerator_name(name: &str) -> String {
-    const MODELS: [(&str, &str); 4] =
-        [("HL-205", "Gaudi"), ("HL-225", "Gaudi2"), ("HL-325", "Gaudi3"), ("HL-338", "Gaudi3")];
+    const MODELS: [(&str, &str); 4] = [
+        ("HL-205", "Gaudi"),
+        ("HL-225", "Gaudi2"),
+        ("HL-325", "Gaudi3"),
+        ("HL-338", "Gaudi3"),
+    ];
     MODELS
         .iter()
         .find(|(model, _)| name.starts_with(model))
@@ -363,7 +384,8 @@ NVIDIA H100 80GB HBM3, 81559, GPU-7c1e0f2a-0000-1111-2222-333344445555, 570.86.1
 
     #[test]
     fn parses_three_field_nvidia_smi_and_placeholders() {
-        let gpus = parse_nvidia_smi("Tesla T4, 15360, [N/A]\n\ngarbage\nNVIDIA A10G, [N/A], 535.1\n");
+        let gpus =
+            parse_nvidia_smi("Tesla T4, 15360, [N/A]\n\ngarbage\nNVIDIA A10G, [N/A], 535.1\n");
         assert_eq!(gpus.len(), 2);
         assert_eq!(gpus[0].driver_version, None);
         assert_eq!(gpus[0].normalized_name(), "T4");
@@ -417,9 +439,15 @@ NVIDIA H100 80GB HBM3, 81559, GPU-7c1e0f2a-0000-1111-2222-333344445555, 570.86.1
 
     #[test]
     fn other_vendor_names() {
-        assert_eq!(normalize_amd_gpu_name("AMD Instinct MI250X/MI250"), "AMD Instinct MI250X/MI250");
+        assert_eq!(
+            normalize_amd_gpu_name("AMD Instinct MI250X/MI250"),
+            "AMD Instinct MI250X/MI250"
+        );
         assert_eq!(normalize_amd_gpu_name("Instinct MI210"), "MI210");
-        assert_eq!(normalize_amd_gpu_name("Radeon Pro W7900"), "Radeon Pro W7900");
+        assert_eq!(
+            normalize_amd_gpu_name("Radeon Pro W7900"),
+            "Radeon Pro W7900"
+        );
         assert_eq!(normalize_intel_accelerator_name("HL-225"), "Gaudi2");
         assert_eq!(normalize_intel_accelerator_name("HL-338 PCIe"), "Gaudi3");
     }
@@ -427,9 +455,18 @@ NVIDIA H100 80GB HBM3, 81559, GPU-7c1e0f2a-0000-1111-2222-333344445555, 570.86.1
     #[test]
     fn vendor_order() {
         let has = |set: &'static [&'static str]| move |p: &str| set.contains(&p);
-        assert_eq!(detect_vendor_with(has(&["/dev/kfd", "/dev/nvidiactl"])), Some(GpuVendor::Nvidia));
-        assert_eq!(detect_vendor_with(has(&["/dev/kfd", "/dev/accel"])), Some(GpuVendor::Amd));
-        assert_eq!(detect_vendor_with(has(&["/dev/accel"])), Some(GpuVendor::Intel));
+        assert_eq!(
+            detect_vendor_with(has(&["/dev/kfd", "/dev/nvidiactl"])),
+            Some(GpuVendor::Nvidia)
+        );
+        assert_eq!(
+            detect_vendor_with(has(&["/dev/kfd", "/dev/accel"])),
+            Some(GpuVendor::Amd)
+        );
+        assert_eq!(
+            detect_vendor_with(has(&["/dev/accel"])),
+            Some(GpuVendor::Intel)
+        );
         assert_eq!(detect_vendor_with(has(&["/dev/dxg"])), None);
         assert_eq!(detect_vendor_with(has(&[])), None);
     }

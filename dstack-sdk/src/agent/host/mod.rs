@@ -62,7 +62,11 @@ pub async fn collect(disk_path: &Path) -> HostFacts {
     let cpus = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|t| parse_cpus_allowed(&t))
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get() as u32))
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u32)
+        })
         .unwrap_or(1);
     let disk_size = disk_available(disk_path).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot measure free disk space");
@@ -70,7 +74,10 @@ pub async fn collect(disk_path: &Path) -> HostFacts {
     });
     let first = gpus.first();
     let info = HostInfo {
-        gpu_vendor: first.map(|g| g.vendor.as_str()).unwrap_or("none").to_string(),
+        gpu_vendor: first
+            .map(|g| g.vendor.as_str())
+            .unwrap_or("none")
+            .to_string(),
         gpu_name: first.map(|g| g.name.clone()).unwrap_or_default(),
         gpu_memory: first.map(|g| g.memory_mib).unwrap_or(0),
         gpu_count: gpus.len() as u32,
@@ -108,7 +115,9 @@ pub fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
 /// The number of CPUs in `Cpus_allowed_list` of `/proc/self/status` (the affinity mask,
 /// what Go's `runtime.NumCPU` counts), e.g. `0-3,8-11` → 8.
 pub fn parse_cpus_allowed(status: &str) -> Option<u32> {
-    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
     parse_cpu_list(list.trim())
 }
 
@@ -155,7 +164,10 @@ mod tests {
         assert_eq!(parse_cpu_list("0-1"), Some(2));
         assert_eq!(parse_cpu_list(""), None);
         assert_eq!(parse_cpu_list("3-1"), None);
-        assert_eq!(parse_cpus_allowed("Name:\tx\nCpus_allowed_list:\t0-15\n"), Some(16));
+        assert_eq!(
+            parse_cpus_allowed("Name:\tx\nCpus_allowed_list:\t0-15\n"),
+            Some(16)
+        );
     }
 
     #[test]
@@ -171,7 +183,16 @@ mod tests {
             memory: 1 << 41,
         };
         let v = serde_json::to_value(&info).unwrap();
-        for key in ["gpu_vendor", "gpu_name", "gpu_memory", "gpu_count", "addresses", "disk_size", "cpus", "memory"] {
+        for key in [
+            "gpu_vendor",
+            "gpu_name",
+            "gpu_memory",
+            "gpu_count",
+            "addresses",
+            "disk_size",
+            "cpus",
+            "memory",
+        ] {
             assert!(v.get(key).is_some(), "{key}");
         }
     }

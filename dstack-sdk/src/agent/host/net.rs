@@ -51,7 +51,12 @@ pub fn parse_ip_json(output: &str) -> Result<Vec<String>, serde_json::Error> {
         .filter_map(|a| {
             let local = a.local?;
             let ip: std::net::IpAddr = local.parse().ok()?;
-            (!ip.is_loopback()).then(|| format!("{ip}/{}", a.prefixlen.unwrap_or(if ip.is_ipv4() { 32 } else { 128 })))
+            (!ip.is_loopback()).then(|| {
+                format!(
+                    "{ip}/{}",
+                    a.prefixlen.unwrap_or(if ip.is_ipv4() { 32 } else { 128 })
+                )
+            })
         })
         .collect())
 }
@@ -60,7 +65,11 @@ pub fn parse_ip_json(output: &str) -> Result<Vec<String>, serde_json::Error> {
 /// the longest matching route in `/proc/net/route` (hex, little-endian).
 pub fn parse_proc_ipv4(fib_trie: &str, route: &str) -> Vec<String> {
     // The kernel prints the in-memory (network-order) words as native integers.
-    let net = |hex: &str| u32::from_str_radix(hex, 16).ok().map(|v| u32::from_be_bytes(v.to_ne_bytes()));
+    let net = |hex: &str| {
+        u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| u32::from_be_bytes(v.to_ne_bytes()))
+    };
     let routes: Vec<(u32, u32)> = route
         .lines()
         .skip(1)
@@ -83,7 +92,9 @@ pub fn parse_proc_ipv4(fib_trie: &str, route: &str) -> Vec<String> {
             let raw = u32::from_be_bytes(ip.octets());
             let prefix = routes
                 .iter()
-                .filter_map(|&(dest, mask)| (mask != 0 && raw & mask == dest).then_some(mask.count_ones()))
+                .filter_map(|&(dest, mask)| {
+                    (mask != 0 && raw & mask == dest).then_some(mask.count_ones())
+                })
                 .max()
                 .unwrap_or(32);
             let cidr = format!("{ip}/{prefix}");

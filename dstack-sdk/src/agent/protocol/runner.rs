@@ -67,7 +67,10 @@ impl JobState {
 
     /// Whether no further state follows.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Terminated | JobState::Aborted | JobState::Failed | JobState::Done)
+        matches!(
+            self,
+            JobState::Terminated | JobState::Aborted | JobState::Failed | JobState::Done
+        )
     }
 }
 
@@ -380,8 +383,14 @@ impl fmt::Debug for RepoCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RepoCredentials")
             .field("clone_url", &self.clone_url)
-            .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
-            .field("oauth_token", &self.oauth_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "oauth_token",
+                &self.oauth_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -440,7 +449,10 @@ impl SubmitBody {
 
     /// The repo data: the job spec's, or the run spec's for jobs submitted before 0.19.17.
     pub fn repo_data(&self) -> &RepoData {
-        self.job_spec.repo_data.as_ref().unwrap_or(&self.run_spec().repo_data)
+        self.job_spec
+            .repo_data
+            .as_ref()
+            .unwrap_or(&self.run_spec().repo_data)
     }
 }
 
@@ -450,7 +462,10 @@ mod tests {
 
     #[test]
     fn log_event_is_base64() {
-        let e = LogEvent { message: b"hello\n".to_vec(), timestamp: 1_700_000_000_123 };
+        let e = LogEvent {
+            message: b"hello\n".to_vec(),
+            timestamp: 1_700_000_000_123,
+        };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["message"], "aGVsbG8K");
         let back: LogEvent = serde_json::from_value(v).unwrap();
@@ -500,14 +515,18 @@ mod tests {
         assert_eq!(body.repo_data().repo_type, "virtual");
         assert_eq!(body.job_submission.id, "s1");
         let round = serde_json::to_value(&body).unwrap();
-        assert_eq!(round["run"]["run_spec"]["configuration"]["commands"][0], "echo hi");
+        assert_eq!(
+            round["run"]["run_spec"]["configuration"]["commands"][0],
+            "echo hi"
+        );
     }
 
     #[test]
     fn pull_response_tolerates_old_runners() {
-        let r: PullResponse =
-            serde_json::from_str(r#"{"job_states":null,"job_logs":[],"runner_logs":[],"last_updated":7}"#)
-                .unwrap();
+        let r: PullResponse = serde_json::from_str(
+            r#"{"job_states":null,"job_logs":[],"runner_logs":[],"last_updated":7}"#,
+        )
+        .unwrap();
         assert!(r.job_states.is_empty());
         assert_eq!(r.has_more, None);
     }

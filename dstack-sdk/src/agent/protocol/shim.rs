@@ -383,7 +383,11 @@ impl fmt::Debug for TaskConfig {
 impl TaskConfig {
     /// A config with the fields the shim requires (`id`, `name`, `image_name`) and dstack's
     /// defaults for the rest (all GPUs, host networking, `root`).
-    pub fn new(id: impl Into<String>, name: impl Into<String>, image_name: impl Into<String>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        image_name: impl Into<String>,
+    ) -> Self {
         Self {
             id: id.into(),
             name: name.into(),
@@ -445,10 +449,11 @@ mod tests {
         assert_eq!(v["status"], "running");
         assert_eq!(v["ports"], serde_json::json!([]));
         assert!(v["image_pull_progress"].is_null());
-        let back: TaskInfo =
-            serde_json::from_str(r#"{"id":"j1","status":"terminated","termination_reason":null,
-                "termination_message":"x"}"#)
-            .unwrap();
+        let back: TaskInfo = serde_json::from_str(
+            r#"{"id":"j1","status":"terminated","termination_reason":null,
+                "termination_message":"x"}"#,
+        )
+        .unwrap();
         assert_eq!(back.status, TaskStatus::Terminated);
         assert_eq!(back.termination_reason, "");
         assert!(back.ports.is_none());

@@ -62,6 +62,28 @@ impl From<RawProject> for ProjectRow {
     }
 }
 
+/// Adds one member row inside a write transaction.
+async fn insert_member(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    project_id: &str,
+    user_id: &str,
+    role: ProjectRole,
+    member_num: i64,
+) -> crate::Result<()> {
+    sqlx::query(
+        "INSERT INTO members (id, project_id, user_id, project_role, member_num) \
+         VALUES ($1,$2,$3,$4,$5)",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .bind(project_id)
+    .bind(user_id)
+    .bind(project_role_to_db(role))
+    .bind(member_num)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 pub(crate) fn project_role_to_db(r: ProjectRole) -> &'static str {
     match r {
         ProjectRole::Admin => "admin",
@@ -213,15 +235,7 @@ impl Engine {
         .execute(&mut *tx)
         .await
         .map_err(|e| unique_violation(e, "Project already exists"))?;
-        sqlx::query(
-            "INSERT INTO members (id, project_id, user_id, project_role, member_num) \
-             VALUES ($1,$2,$3,'admin',0)",
-        )
-        .bind(Uuid::new_v4().to_string())
-        .bind(&id)
-        .bind(&owner.id)
-        .execute(&mut *tx)
-        .await?;
+        insert_member(&mut tx, &id, &owner.id, ProjectRole::Admin, 0).await?;
         tx.commit().await?;
         self.project_by_name(&req.project_name)
             .await?
@@ -453,17 +467,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         for (i, (u, role)) in new.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO members (id, project_id, user_id, project_role, member_num) \
-                 VALUES ($1,$2,$3,$4,$5)",
-            )
-            .bind(Uuid::new_v4().to_string())
-            .bind(&p.id)
-            .bind(&u.id)
-            .bind(project_role_to_db(*role))
-            .bind(i as i64)
-            .execute(&mut *tx)
-            .await?;
+            insert_member(&mut tx, &p.id, &u.id, *role, i as i64).await?;
         }
         tx.commit().await?;
         to_json(&self.project_model(p, true).await?)
@@ -520,17 +524,7 @@ impl Engine {
                 .execute(&mut *tx)
                 .await?;
             } else {
-                sqlx::query(
-                    "INSERT INTO members (id, project_id, user_id, project_role, member_num) \
-                     VALUES ($1,$2,$3,$4,$5)",
-                )
-                .bind(Uuid::new_v4().to_string())
-                .bind(&p.id)
-                .bind(&u.id)
-                .bind(project_role_to_db(*r))
-                .bind(next_num)
-                .execute(&mut *tx)
-                .await?;
+                insert_member(&mut tx, &p.id, &u.id, *r, next_num).await?;
                 next_num += 1;
             }
         }

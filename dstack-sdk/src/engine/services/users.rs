@@ -285,6 +285,12 @@ impl Engine {
         }
     }
 
+    /// The user (re-read after a write) with credentials, as JSON.
+    async fn user_with_creds_json(&self, id: &str) -> crate::Result<Value> {
+        let row = self.user_by_id(id).await?.ok_or_else(Error::not_found)?;
+        to_json(&self.user_with_creds(&row)?)
+    }
+
     pub(crate) async fn users_create(
         &self,
         _ctx: &Ctx,
@@ -345,8 +351,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        let row = self.user_by_id(&u.id).await?.ok_or_else(Error::not_found)?;
-        to_json(&self.user_with_creds(&row)?)
+        self.user_with_creds_json(&u.id).await
     }
 
     pub(crate) async fn users_refresh_ssh_key(
@@ -365,8 +370,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        let row = self.user_by_id(&u.id).await?.ok_or_else(Error::not_found)?;
-        to_json(&self.user_with_creds(&row)?)
+        self.user_with_creds_json(&u.id).await
     }
 
     pub(crate) async fn users_delete(
