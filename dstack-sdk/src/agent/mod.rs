@@ -50,6 +50,7 @@ pub const DEFAULT_RUNNER_PORT: u16 = 10999;
 
 /// How the agent runs (the equivalent of the `dstack-server agent` flags).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AgentOptions {
     /// The agent home: `host_info.json` and `tasks/` live here (dstack's shim uses
     /// `/root/.dstack`).

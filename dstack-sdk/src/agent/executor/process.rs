@@ -61,6 +61,7 @@ const WORK_DIR: &str = "work";
 
 /// Tunables of the process executor.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProcessExecutorConfig {
     /// How often a running job's output and process are checked.
     pub poll_interval: Duration,
@@ -1555,5 +1556,110 @@ async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::
             _ = tokio::time::sleep(inner.config.poll_interval) => {}
             _ = task.wake.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(commands: &[&str]) -> SubmitBody {
+        let mut b = SubmitBody::default();
+        b.job_submission.id = "job".into();
+        b.job_spec.commands = commands.iter().map(|c| c.to_string()).collect();
+        b
+    }
+
+    #[tokio::test]
+    async fn pull_pages_through_logs_without_gaps() {
+        let home = tempfile::tempdir().unwrap();
+        let config = ProcessExecutorConfig {
+            max_pull_bytes: 64,
+            poll_interval: Duration::from_millis(20),
+            ..ProcessExecutorConfig::default()
+        };
+        let ex = ProcessExecutor::open(home.path(), Vec::new(), config)
+            .await
+            .unwrap();
+        ex.submit_task(TaskConfig::new("t1", "n", "img"))
+            .await
+            .unwrap();
+        ex.submit_job(body(&[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); done",
+        ]))
+        .unwrap();
+        assert!(ex.run_job().unwrap().is_some());
+        let mut after = 0;
+        let mut text = String::new();
+        let mut states = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "timed out; got {text:?}");
+            let r = ex.pull(after).unwrap();
+            let bytes: usize = r
+                .job_logs
+                .iter()
+                .chain(&r.runner_logs)
+                .map(|e| e.message.len())
+                .sum();
+            assert!(
+                bytes <= 64 || r.job_logs.len() + r.runner_logs.len() == 1,
+                "page too big: {bytes}"
+            );
+            assert!(r.last_updated >= after);
+            after = r.last_updated;
+            text.extend(
+                r.job_logs
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(&e.message).into_owned()),
+            );
+            states.extend(r.job_states.iter().map(|s| s.state));
+            if r.has_more == Some(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let expected: String = (0..40).map(|i| format!("line-{i}\n")).collect();
+        assert_eq!(text, expected);
+        assert_eq!(states, vec![JobState::Running, JobState::Done]);
+        assert_eq!(ex.task_info("t1").unwrap().status, TaskStatus::Terminated);
+        ex.shutdown();
+    }
+
+    #[tokio::test]
+    async fn runner_state_machine_conflicts_and_prep_failures() {
+        let home = tempfile::tempdir().unwrap();
+        let ex = ProcessExecutor::open(home.path(), Vec::new(), ProcessExecutorConfig::default())
+            .await
+            .unwrap();
+        // Runner-only use: a submit without a shim task creates one.
+        assert!(matches!(ex.run_job(), Err(AgentError::Conflict(_))));
+        assert!(matches!(ex.upload_code(b"x"), Err(AgentError::Conflict(_))));
+        let mut b = body(&["/bin/true"]);
+        b.job_spec.working_dir = Some("relative/dir".into());
+        ex.submit_job(b.clone()).unwrap();
+        ex.submit_job(b).unwrap(); // resubmit while waiting for run is allowed
+        assert_eq!(ex.list_tasks().len(), 1);
+        // A relative working dir fails the job before it starts: 200 without job info.
+        assert!(ex.run_job().unwrap().is_none());
+        let r = ex.pull(0).unwrap();
+        let last = r.job_states.last().unwrap();
+        assert_eq!(
+            (last.state, last.termination_reason.as_str()),
+            (JobState::Failed, "executor_error")
+        );
+        assert_eq!(r.has_more, Some(false));
+        assert!(matches!(
+            ex.submit_job(body(&["/bin/true"])),
+            Err(AgentError::Conflict(_))
+        ));
+        // Bad task configs.
+        let bad = ex.submit_task(TaskConfig::new("../x", "n", "img")).await;
+        assert!(matches!(bad, Err(AgentError::BadRequest(_))));
+        let empty = ex.submit_task(TaskConfig::new("ok", "n", "")).await;
+        assert!(matches!(empty, Err(AgentError::BadRequest(m)) if m == "empty image_name"));
+        ex.shutdown();
     }
 }

@@ -1,0 +1,260 @@
+//! Lease-based background pipelines (dstack-api.md §5.1).
+//!
+//! Each pipeline (one per entity kind) runs three parts inside one supervising task:
+//!
+//! * a **fetcher** that claims due rows by writing a lease (`lock_token`, `lock_expires_at`,
+//!   `lock_owner`) in one statement, then hands each claimed row to a worker. API handlers
+//!   "hint" it to fetch at once; empty fetches back off 0.5 → 1 → 2 → 5 s with jitter;
+//! * a **heartbeater** that extends the leases of in-flight rows (`WHERE id = $1 AND
+//!   lock_token = $2`) and forgets rows whose token changed;
+//! * at most `workers` **workers** doing the slow work outside transactions and writing back
+//!   only while their token still holds (the final write clears the lease).
+//!
+//! Nothing that matters lives only in memory: a restarted engine finds the rows a dead process
+//! had leased claimable again once their `lock_expires_at` has passed.
+
+pub(crate) mod fleets;
+pub(crate) mod instances;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use super::{Engine, time};
+
+/// Tunables of the background pipelines (part of [`EngineOptions`](super::EngineOptions)).
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Whether [`Engine::open`](super::Engine::open) starts the pipelines (off when
+    /// `DSTACK_SERVER_BACKGROUND_PROCESSING_DISABLED` is set).
+    pub enabled: bool,
+    /// How long a claimed row stays leased without a heartbeat (dstack: 20–30 s).
+    pub lease: Duration,
+    /// Workers per pipeline.
+    pub workers: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease: Duration::from_secs(30),
+            workers: 10,
+        }
+    }
+}
+
+/// The entity kinds that have a pipeline; used to hint one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineKind {
+    /// `FleetPipeline`.
+    Fleets,
+    /// `InstancePipeline`.
+    Instances,
+}
+
+/// Wake-up signals from API handlers to the fetchers, and the running pipeline tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Pipelines {
+    fleets: Notify,
+    instances: Notify,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pipelines {
+    fn notify(&self, kind: PipelineKind) -> &Notify {
+        match kind {
+            PipelineKind::Fleets => &self.fleets,
+            PipelineKind::Instances => &self.instances,
+        }
+    }
+}
+
+/// One claim: the token written on every row of the batch and its expiry.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    /// The shared token of the batch.
+    pub(crate) token: String,
+    /// `lock_expires_at` as stored.
+    pub(crate) expires_at: String,
+    /// Now, as stored.
+    pub(crate) now: String,
+}
+
+/// What a pipeline does; implemented by a unit type per entity kind.
+pub(crate) trait Pipeline: Send + Sync + 'static {
+    /// The `lock_owner` written on claimed rows.
+    const NAME: &'static str;
+    /// The kind (for hints).
+    const KIND: PipelineKind;
+
+    /// Claims up to `limit` due rows with `lease` in one statement; returns their ids.
+    fn claim(
+        engine: &Engine,
+        limit: i64,
+        lease: &Lease,
+    ) -> impl Future<Output = crate::Result<Vec<String>>> + Send;
+
+    /// Extends the lease of `id` if `token` still holds it; `false` when the row was stolen.
+    fn heartbeat(
+        engine: &Engine,
+        id: &str,
+        token: &str,
+        expires_at: &str,
+    ) -> impl Future<Output = crate::Result<bool>> + Send;
+
+    /// Processes one claimed row; the final write must be `WHERE id = … AND lock_token = …`
+    /// and clear the lease.
+    fn process(engine: Engine, id: String, token: String) -> impl Future<Output = ()> + Send;
+}
+
+/// The stored form of "now + d".
+pub(crate) fn db_after(d: Duration) -> String {
+    time::to_db(time::now() + chrono::Duration::from_std(d).unwrap_or_default())
+}
+
+/// The stored form of "now − d".
+pub(crate) fn db_before(d: Duration) -> String {
+    time::to_db(time::now() - chrono::Duration::from_std(d).unwrap_or_default())
+}
+
+impl Engine {
+    /// Wakes a pipeline's fetcher at once (after an API call created due work).
+    pub fn hint(&self, kind: PipelineKind) {
+        self.inner.pipelines.notify(kind).notify_one();
+    }
+
+    /// Starts the background pipelines (idempotent per engine only in the sense that callers
+    /// call it once; [`Engine::open`] does).
+    pub(crate) fn start_pipelines(&self) {
+        let handles = vec![
+            spawn_pipeline::<fleets::FleetPipeline>(self.clone()),
+            spawn_pipeline::<instances::InstancePipeline>(self.clone()),
+        ];
+        if let Ok(mut tasks) = self.inner.pipelines.tasks.lock() {
+            tasks.extend(handles);
+        }
+    }
+
+    /// Stops the background pipelines at once, abandoning in-flight work: the leases stay in
+    /// the database and expire, so another engine on the same database resumes the work (the
+    /// effect of a killed server). API calls keep working.
+    pub fn stop_background(&self) {
+        let tasks = match self.inner.pipelines.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+type InFlight = Arc<Mutex<HashMap<String, String>>>;
+
+fn spawn_pipeline<P: Pipeline>(engine: Engine) -> JoinHandle<()> {
+    let span = tracing::info_span!("pipeline", name = P::NAME);
+    tokio::spawn(run::<P>(engine).instrument(span))
+}
+
+const BACKOFF_MS: [u64; 4] = [500, 1000, 2000, 5000];
+
+async fn run<P: Pipeline>(engine: Engine) {
+    let opts = engine.inner.options.pipelines.clone();
+    let workers = opts.workers.max(1);
+    let in_flight: InFlight = Arc::default();
+    let done = Arc::new(Notify::new());
+    let permits = Arc::new(Semaphore::new(workers));
+    // Dropping the set (when this task is aborted) aborts the heartbeater and the workers.
+    let mut set = JoinSet::new();
+    set.spawn(heartbeater::<P>(
+        engine.clone(),
+        in_flight.clone(),
+        opts.lease,
+    ));
+    let mut empty_fetches = 0usize;
+    tracing::debug!(workers, "pipeline started");
+    loop {
+        while set.try_join_next().is_some() {}
+        let busy = in_flight.lock().map(|m| m.len()).unwrap_or(0);
+        let capacity = (workers * 2).saturating_sub(busy);
+        let mut claimed = 0usize;
+        if busy * 2 <= workers && capacity > 0 {
+            let lease = Lease {
+                token: uuid::Uuid::new_v4().to_string(),
+                expires_at: db_after(opts.lease),
+                now: time::to_db(time::now()),
+            };
+            match P::claim(&engine, capacity as i64, &lease).await {
+                Ok(ids) => {
+                    claimed = ids.len();
+                    for id in ids {
+                        if let Ok(mut m) = in_flight.lock() {
+                            m.insert(id.clone(), lease.token.clone());
+                        }
+                        let engine = engine.clone();
+                        let in_flight = in_flight.clone();
+                        let done = done.clone();
+                        let permits = permits.clone();
+                        let token = lease.token.clone();
+                        set.spawn(async move {
+                            let _permit = permits.acquire_owned().await;
+                            P::process(engine, id.clone(), token).await;
+                            if let Ok(mut m) = in_flight.lock() {
+                                m.remove(&id);
+                            }
+                            done.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "fetch failed"),
+            }
+        }
+        let delay = if claimed > 0 {
+            empty_fetches = 0;
+            Duration::from_millis(50)
+        } else {
+            let ms = BACKOFF_MS[empty_fetches.min(BACKOFF_MS.len() - 1)];
+            empty_fetches += 1;
+            let jitter = (uuid::Uuid::new_v4().as_u128() % 100) as u64;
+            Duration::from_millis(ms + jitter)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = engine.inner.pipelines.notify(P::KIND).notified() => { empty_fetches = 0; }
+            _ = done.notified() => {}
+        }
+    }
+}
+
+async fn heartbeater<P: Pipeline>(engine: Engine, in_flight: InFlight, lease: Duration) {
+    let every = (lease / 4).max(Duration::from_millis(250));
+    loop {
+        tokio::time::sleep(every).await;
+        let items: Vec<(String, String)> = match in_flight.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => continue,
+        };
+        if items.is_empty() {
+            continue;
+        }
+        let expires_at = db_after(lease);
+        for (id, token) in items {
+            match P::heartbeat(&engine, &id, &token, &expires_at).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%id, "lease lost; the row was claimed elsewhere");
+                    if let Ok(mut m) = in_flight.lock() {
+                        m.remove(&id);
+                    }
+                }
+                Err(e) => tracing::warn!(%id, error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
