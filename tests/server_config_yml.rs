@@ -167,11 +167,16 @@ fn cli_config_points_at_this_server() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let cfg: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(home.path().join(".dstack/config.yml")).unwrap()).unwrap();
+    let cfg: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(home.path().join(".dstack/config.yml")).unwrap(),
+    )
+    .unwrap();
     let projects = cfg["projects"].as_sequence().unwrap();
     let main = projects.iter().find(|p| p["name"] == "main").unwrap();
-    assert_eq!(main["url"].as_str().unwrap(), format!("http://127.0.0.1:{port}"));
+    assert_eq!(
+        main["url"].as_str().unwrap(),
+        format!("http://127.0.0.1:{port}")
+    );
     assert_eq!(main["token"].as_str().unwrap(), "cli-token");
     assert_eq!(main["default"].as_bool(), Some(false));
     let other = projects.iter().find(|p| p["name"] == "other").unwrap();

@@ -155,6 +155,26 @@ route_table! {
     SecretsCreateOrUpdate => "/api/project/{project}/secrets/create_or_update", ProjectManager;
     /// `POST /api/project/{project}/secrets/delete`
     SecretsDelete => "/api/project/{project}/secrets/delete", ProjectManager;
+
+    /// `POST /api/fleets/list` (all projects the caller can see; keyset pagination)
+    FleetsListAll => "/api/fleets/list", Authenticated;
+    /// `POST /api/project/{project}/fleets/list`
+    FleetsList => "/api/project/{project}/fleets/list", ProjectMember;
+    /// `POST /api/project/{project}/fleets/get`
+    FleetsGet => "/api/project/{project}/fleets/get", ProjectMember;
+    /// `POST /api/project/{project}/fleets/get_plan`
+    FleetsGetPlan => "/api/project/{project}/fleets/get_plan", ProjectMember;
+    /// `POST /api/project/{project}/fleets/apply`
+    FleetsApply => "/api/project/{project}/fleets/apply", ProjectMember;
+    /// `POST /api/project/{project}/fleets/delete`
+    FleetsDelete => "/api/project/{project}/fleets/delete", ProjectMember;
+    /// `POST /api/project/{project}/fleets/delete_instances`
+    FleetsDeleteInstances => "/api/project/{project}/fleets/delete_instances", ProjectMember;
+
+    /// `POST /api/instances/list` (all projects the caller can see; keyset pagination)
+    InstancesList => "/api/instances/list", Authenticated;
+    /// `POST /api/project/{project}/instances/get`
+    InstancesGet => "/api/project/{project}/instances/get", ProjectMember;
 }
 
 impl RouteId {

@@ -115,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
     let app = http::router(http::AppState::new(engine));
     // The token is printed (never logged) so that the operator can log in, as dstack does.
     println!("The admin user token is {:?}", info.admin_token);
-    tracing::info!(version = dstack_sdk::SERVER_VERSION, "dstack-server started");
+    tracing::info!(
+        version = dstack_sdk::SERVER_VERSION,
+        "dstack-server started"
+    );
     println!("The dstack server is running at {url}");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

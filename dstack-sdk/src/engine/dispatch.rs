@@ -56,6 +56,16 @@ pub(crate) async fn call(
         SecretsCreateOrUpdate => engine.secrets_create_or_update(&ctx, body).await,
         SecretsDelete => engine.secrets_delete(&ctx, body).await,
 
+        FleetsListAll => engine.fleets_list_all(&ctx, body).await,
+        FleetsList => engine.fleets_list_project(&ctx, body).await,
+        FleetsGet => engine.fleets_get(&ctx, body).await,
+        FleetsGetPlan => engine.fleets_get_plan(&ctx, body).await,
+        FleetsApply => engine.fleets_apply(&ctx, body).await,
+        FleetsDelete => engine.fleets_delete(&ctx, body).await,
+        FleetsDeleteInstances => engine.fleets_delete_instances(&ctx, body).await,
+        InstancesList => engine.instances_list(&ctx, body).await,
+        InstancesGet => engine.instances_get(&ctx, body).await,
+
         #[allow(unreachable_patterns)]
         _ => Err(Error::new(
             ErrorKind::Internal,

@@ -9,7 +9,9 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 mod dispatch;
+pub mod pipelines;
 pub mod services;
+pub mod ssh_deploy;
 pub mod startup;
 pub mod store;
 mod time;
@@ -39,6 +41,10 @@ pub struct EngineOptions {
     pub config_disabled: bool,
     /// The per-user project quota for non-admins (`$DSTACK_USER_PROJECT_DEFAULT_QUOTA`).
     pub user_project_quota: u32,
+    /// Background pipelines (`$DSTACK_SERVER_BACKGROUND_PROCESSING_DISABLED` turns them off).
+    pub pipelines: pipelines::PipelineOptions,
+    /// How the agent is installed on SSH-fleet hosts (`$DSTACK_AGENT_BINARY`).
+    pub agent: ssh_deploy::AgentDeployOptions,
 }
 
 impl EngineOptions {
@@ -50,6 +56,8 @@ impl EngineOptions {
             admin_token: None,
             config_disabled: false,
             user_project_quota: 10,
+            pipelines: pipelines::PipelineOptions::default(),
+            agent: ssh_deploy::AgentDeployOptions::default(),
         }
     }
 
@@ -69,6 +77,8 @@ impl EngineOptions {
         {
             o.user_project_quota = q;
         }
+        o.pipelines.enabled = !env_flag("DSTACK_SERVER_BACKGROUND_PROCESSING_DISABLED");
+        o.agent = ssh_deploy::AgentDeployOptions::from_env();
         o
     }
 }
@@ -84,6 +94,7 @@ pub(crate) struct Inner {
     pub(crate) crypto: std::sync::RwLock<crypto::Crypto>,
     pub(crate) permissions: std::sync::RwLock<DefaultPermissions>,
     pub(crate) options: EngineOptions,
+    pub(crate) pipelines: pipelines::Pipelines,
 }
 
 /// The engine: cheap to clone (an `Arc` inside).
@@ -142,9 +153,13 @@ impl Engine {
                 crypto: std::sync::RwLock::new(crypto::Crypto::default()),
                 permissions: std::sync::RwLock::new(DefaultPermissions::default()),
                 options,
+                pipelines: pipelines::Pipelines::default(),
             }),
         };
         let info = startup::run(&engine).await?;
+        if engine.inner.options.pipelines.enabled {
+            engine.start_pipelines();
+        }
         Ok((engine, info))
     }
 

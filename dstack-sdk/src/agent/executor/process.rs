@@ -1052,18 +1052,11 @@ impl JobRunner for ProcessExecutor {
         };
         let mut st = task.lock();
         let latest = st.clock.latest();
-        let mut budget = self.inner.config.max_pull_bytes;
-        let (mut job_logs, cut_job) = st.job_logs.since(after, latest, &mut budget)?;
-        let (mut runner_logs, cut_runner) = st.runner_logs.since(after, latest, &mut budget)?;
-        let mut cutoff = latest;
-        if cut_job {
-            cutoff = cutoff.min(job_logs.last().map_or(after, |e| e.timestamp));
-        }
-        if cut_runner {
-            cutoff = cutoff.min(runner_logs.last().map_or(after, |e| e.timestamp));
-        }
-        job_logs.retain(|e| e.timestamp <= cutoff);
-        runner_logs.retain(|e| e.timestamp <= cutoff);
+        let max = self.inner.config.max_pull_bytes;
+        let (job_logs, cut_job) = st.job_logs.since(after, latest, &mut max.clone())?;
+        let (runner_logs, cut_runner) = st.runner_logs.since(after, latest, &mut max.clone())?;
+        let (job_logs, runner_logs, cutoff) =
+            page(job_logs, cut_job, runner_logs, cut_runner, latest, max);
         let job_states: Vec<JobStateEvent> = st
             .record
             .runner
@@ -1072,7 +1065,7 @@ impl JobRunner for ProcessExecutor {
             .filter(|s| s.timestamp > after && s.timestamp <= cutoff)
             .cloned()
             .collect();
-        let complete = !(cut_job || cut_runner);
+        let complete = cutoff == latest;
         let finished = st.record.runner.state == RunnerState::WaitLogsFinished;
         if finished && complete && !st.record.runner.logs_pulled {
             st.record.runner.logs_pulled = true;
@@ -1117,6 +1110,48 @@ impl JobRunner for ProcessExecutor {
         }
         Ok(())
     }
+}
+
+/// Cuts one pull answer out of both log streams: events in timestamp order while `max` bytes
+/// last (at least one), never past what a budget-limited stream left unread. Returns the
+/// events and the newest timestamp the answer covers (`latest` when it holds everything).
+fn page(
+    job: Vec<LogEvent>,
+    job_cut: bool,
+    runner: Vec<LogEvent>,
+    runner_cut: bool,
+    latest: i64,
+    max: usize,
+) -> (Vec<LogEvent>, Vec<LogEvent>, i64) {
+    let mut limit = latest;
+    for (events, cut) in [(&job, job_cut), (&runner, runner_cut)] {
+        if cut && let Some(last) = events.last() {
+            limit = limit.min(last.timestamp);
+        }
+    }
+    let mut merged: Vec<(i64, usize)> = job
+        .iter()
+        .chain(runner.iter())
+        .map(|e| (e.timestamp, e.message.len()))
+        .filter(|(t, _)| *t <= limit)
+        .collect();
+    merged.sort_unstable();
+    let mut cutoff = limit;
+    let mut used = 0usize;
+    for (i, (_, len)) in merged.iter().enumerate() {
+        if i > 0 && used + len > max {
+            cutoff = merged[i - 1].0;
+            break;
+        }
+        used += len;
+    }
+    let keep = |events: Vec<LogEvent>| -> Vec<LogEvent> {
+        events
+            .into_iter()
+            .filter(|e| e.timestamp <= cutoff)
+            .collect()
+    };
+    (keep(job), keep(runner), cutoff)
 }
 
 /// SIGTERM to the group, SIGKILL after `grace` if anything is left, then a short wait.
@@ -1568,6 +1603,50 @@ mod tests {
         b.job_submission.id = "job".into();
         b.job_spec.commands = commands.iter().map(|c| c.to_string()).collect();
         b
+    }
+
+    fn ev(t: i64, n: usize) -> LogEvent {
+        LogEvent {
+            message: vec![b'x'; n],
+            timestamp: t,
+        }
+    }
+
+    #[test]
+    fn pages_merge_both_streams() {
+        // Everything fits.
+        let (j, r, cut) = page(
+            vec![ev(1, 5), ev(3, 5)],
+            false,
+            vec![ev(2, 5)],
+            false,
+            9,
+            100,
+        );
+        assert_eq!((j.len(), r.len(), cut), (2, 1, 9));
+        // The budget stops the walk at ts 2.
+        let (j, r, cut) = page(
+            vec![ev(1, 5), ev(3, 5)],
+            false,
+            vec![ev(2, 5)],
+            false,
+            9,
+            10,
+        );
+        assert_eq!((j.len(), r.len(), cut), (1, 1, 2));
+        // A stream cut by its own budget bounds the page even if the other has more.
+        let (j, r, cut) = page(
+            vec![ev(5, 5)],
+            true,
+            vec![ev(1, 1), ev(6, 1)],
+            false,
+            9,
+            100,
+        );
+        assert_eq!((j.len(), r.len(), cut), (1, 1, 5));
+        // One oversized event still makes progress.
+        let (j, r, cut) = page(vec![ev(4, 500)], true, vec![], false, 9, 10);
+        assert_eq!((j.len(), r.len(), cut), (1, 0, 4));
     }
 
     #[tokio::test]

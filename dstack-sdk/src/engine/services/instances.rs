@@ -99,25 +99,6 @@ pub(crate) struct InstanceRow {
     pub(crate) deleted: bool,
 }
 
-type RawInstance = (
-    String,
-    String,
-    i64,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    String,
-    bool,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    i64,
-    bool,
-);
 
 /// `SELECT <instance columns> FROM instances WHERE <cond>` as a static string.
 macro_rules! select_instances {
@@ -133,27 +114,31 @@ macro_rules! select_instances {
 }
 pub(crate) use select_instances;
 
-impl From<RawInstance> for InstanceRow {
-    fn from(r: RawInstance) -> Self {
-        InstanceRow {
-            id: r.0,
-            name: r.1,
-            instance_num: r.2,
-            project_id: r.3,
-            fleet_id: r.4,
-            created_at: time::from_db(&r.5).unwrap_or_default(),
-            finished_at: r.6.as_deref().and_then(time::from_db),
-            status: status_from_db(&r.7),
-            unreachable: r.8,
-            termination_reason: r.9,
-            termination_reason_message: r.10,
-            offer: r.11,
-            job_provisioning_data: r.12,
-            remote_connection_info: r.13,
-            total_blocks: r.14,
-            busy_blocks: r.15,
-            deleted: r.16,
-        }
+impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for InstanceRow {
+    fn from_row(r: &'r sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let created: String = r.try_get("created_at")?;
+        let finished: Option<String> = r.try_get("finished_at")?;
+        let status: String = r.try_get("status")?;
+        Ok(InstanceRow {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            instance_num: r.try_get("instance_num")?,
+            project_id: r.try_get("project_id")?,
+            fleet_id: r.try_get("fleet_id")?,
+            created_at: time::from_db(&created).unwrap_or_default(),
+            finished_at: finished.as_deref().and_then(time::from_db),
+            status: status_from_db(&status),
+            unreachable: r.try_get("unreachable")?,
+            termination_reason: r.try_get("termination_reason")?,
+            termination_reason_message: r.try_get("termination_reason_message")?,
+            offer: r.try_get("offer")?,
+            job_provisioning_data: r.try_get("job_provisioning_data")?,
+            remote_connection_info: r.try_get("remote_connection_info")?,
+            total_blocks: r.try_get("total_blocks")?,
+            busy_blocks: r.try_get("busy_blocks")?,
+            deleted: r.try_get("deleted")?,
+        })
     }
 }
 
@@ -235,11 +220,11 @@ impl Engine {
 
     /// One instance row by id.
     pub(crate) async fn instance_row(&self, id: &str) -> crate::Result<Option<InstanceRow>> {
-        let row: Option<RawInstance> = sqlx::query_as(select_instances!("id = $1"))
+        let row: Option<InstanceRow> = sqlx::query_as(select_instances!("id = $1"))
             .bind(id)
             .fetch_optional(self.store().reader())
             .await?;
-        Ok(row.map(InstanceRow::from))
+        Ok(row)
     }
 
     /// The instances of a fleet (deleted ones too), by `instance_num`.
@@ -247,13 +232,13 @@ impl Engine {
         &self,
         fleet_id: &str,
     ) -> crate::Result<Vec<InstanceRow>> {
-        let rows: Vec<RawInstance> = sqlx::query_as(select_instances!(
+        let rows: Vec<InstanceRow> = sqlx::query_as(select_instances!(
             "fleet_id = $1 ORDER BY instance_num, created_at"
         ))
         .bind(fleet_id)
         .fetch_all(self.store().reader())
         .await?;
-        Ok(rows.into_iter().map(InstanceRow::from).collect())
+        Ok(rows)
     }
 
     /// The names of a project and a fleet, for wire models.
@@ -311,7 +296,7 @@ impl Engine {
             .map(|v| v.iter().map(|u| u.to_string()).collect());
         let mut items = Vec::new();
         for (pid, pname) in &projects {
-            let rows: Vec<RawInstance> = sqlx::query_as(select_instances!("project_id = $1"))
+            let rows: Vec<InstanceRow> = sqlx::query_as(select_instances!("project_id = $1"))
                 .bind(pid)
                 .fetch_all(self.store().reader())
                 .await?;
@@ -320,7 +305,7 @@ impl Engine {
                     .bind(pid)
                     .fetch_all(self.store().reader())
                     .await?;
-            for r in rows.into_iter().map(InstanceRow::from) {
+            for r in rows {
                 if let Some(ids) = &fleet_ids
                     && !r.fleet_id.as_ref().is_some_and(|f| ids.contains(f))
                 {

@@ -2,6 +2,8 @@
 //! transaction, and return wire models.
 
 pub mod backends;
+pub mod fleets;
+pub mod instances;
 pub mod projects;
 pub mod secrets;
 pub mod users;

@@ -1,0 +1,304 @@
+//! `InstancePipeline` (dstack-api.md §4.4, §5.6): deploys pending SSH instances, fails pending
+//! cloud instances with `no_offers` (no cloud provisioning in this build), and terminates
+//! terminating instances (stopping the agent on SSH hosts, best effort).
+//!
+//! Idle and busy instances are not health-checked yet.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::engine::services::instances::{InstanceRow, select_instances};
+use crate::engine::ssh_deploy::{self, Deployed};
+use crate::engine::{Engine, time};
+use crate::models::instances::{InstanceStatus, InstanceTerminationReason};
+use crate::models::jobs::JobProvisioningData;
+use crate::models::offers::InstanceOfferWithAvailability;
+
+use super::{Lease, Pipeline, PipelineKind, db_before};
+
+/// The instance pipeline.
+pub(crate) struct InstancePipeline;
+
+/// dstack's min processing interval for pending, provisioning and terminating instances.
+const MIN_INTERVAL: Duration = Duration::from_secs(7);
+
+impl Pipeline for InstancePipeline {
+    const NAME: &'static str = "InstancePipeline";
+    const KIND: PipelineKind = PipelineKind::Instances;
+
+    async fn claim(engine: &Engine, limit: i64, lease: &Lease) -> crate::Result<Vec<String>> {
+        let mut tx = engine.store().begin().await?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE instances SET lock_token = $1, lock_expires_at = $2, lock_owner = $3, \
+             skip_min_processing_interval = FALSE \
+             WHERE id IN (SELECT id FROM instances \
+               WHERE deleted = FALSE AND status IN ('PENDING', 'PROVISIONING', 'TERMINATING') \
+               AND (lock_expires_at IS NULL OR lock_expires_at < $4) \
+               AND (lock_owner IS NULL OR lock_owner = $3) \
+               AND (skip_min_processing_interval = TRUE OR last_processed_at <= $5) \
+               ORDER BY last_processed_at LIMIT $6) \
+             RETURNING id",
+        )
+        .bind(&lease.token)
+        .bind(&lease.expires_at)
+        .bind(Self::NAME)
+        .bind(&lease.now)
+        .bind(db_before(MIN_INTERVAL))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn heartbeat(
+        engine: &Engine,
+        id: &str,
+        token: &str,
+        expires_at: &str,
+    ) -> crate::Result<bool> {
+        let mut tx = engine.store().begin().await?;
+        let r = sqlx::query(
+            "UPDATE instances SET lock_expires_at = $1 WHERE id = $2 AND lock_token = $3",
+        )
+        .bind(expires_at)
+        .bind(id)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn process(engine: Engine, id: String, token: String) {
+        let span = tracing::info_span!("instance", %id);
+        if let Err(e) = process_one(&engine, &id, &token).instrument(span).await {
+            tracing::warn!(%id, error = %e, "instance processing failed");
+            let _ = release(&engine, &id, &token).await;
+        }
+    }
+}
+
+/// Clears our lease without other changes (the row is retried after the min interval).
+async fn release(engine: &Engine, id: &str, token: &str) -> crate::Result<()> {
+    let mut tx = engine.store().begin().await?;
+    sqlx::query(
+        "UPDATE instances SET lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL, \
+         last_processed_at = $1 WHERE id = $2 AND lock_token = $3",
+    )
+    .bind(time::to_db(time::now()))
+    .bind(id)
+    .bind(token)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn leased_row(engine: &Engine, id: &str, token: &str) -> crate::Result<Option<InstanceRow>> {
+    let row: Option<InstanceRow> = sqlx::query_as(select_instances!("id = $1 AND lock_token = $2"))
+        .bind(id)
+        .bind(token)
+        .fetch_optional(engine.store().reader())
+        .await?;
+    Ok(row)
+}
+
+async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()> {
+    let Some(row) = leased_row(engine, id, token).await? else {
+        tracing::debug!(%id, "lease lost before processing");
+        return Ok(());
+    };
+    match row.status {
+        InstanceStatus::Pending | InstanceStatus::Provisioning => {
+            match engine.remote_connection_info(&row)? {
+                Some(_) => deploy_ssh(engine, &row, token).await,
+                None => {
+                    finish(
+                        engine,
+                        &row,
+                        token,
+                        Finish::Terminated(
+                            InstanceTerminationReason::NoOffers,
+                            "No offers found: cloud provisioning is not available on this server yet"
+                                .into(),
+                        ),
+                    )
+                    .await
+                }
+            }
+        }
+        InstanceStatus::Terminating => {
+            if let Some(rci) = engine.remote_connection_info(&row)? {
+                let opts = engine.inner.options.agent.clone();
+                match tokio::time::timeout(
+                    Duration::from_secs(60),
+                    ssh_deploy::remove_agent(&rci, &opts),
+                )
+                .await
+                {
+                    Ok(Ok(())) => tracing::info!(instance = %row.name, "agent stopped"),
+                    Ok(Err(e)) => tracing::warn!(instance = %row.name, error = %e, "cannot stop the agent; leaving it"),
+                    Err(_) => tracing::warn!(instance = %row.name, "stopping the agent timed out; leaving it"),
+                }
+            }
+            finish(engine, &row, token, Finish::Deleted).await
+        }
+        _ => release(engine, id, token).await,
+    }
+}
+
+enum Finish {
+    /// Deployed: IDLE with the host's resources.
+    Idle(Box<Deployed>),
+    /// Failed: TERMINATED with a reason and message.
+    Terminated(InstanceTerminationReason, String),
+    /// Terminated and deleted (after TERMINATING).
+    Deleted,
+}
+
+async fn deploy_ssh(engine: &Engine, row: &InstanceRow, token: &str) -> crate::Result<()> {
+    let Some(rci) = engine.remote_connection_info(row)? else {
+        return Ok(());
+    };
+    let opts = engine.inner.options.agent.clone();
+    let deadline = row.created_at + chrono::Duration::from_std(opts.deploy_timeout).unwrap_or_default();
+    let left = (deadline - time::now()).to_std().unwrap_or_default();
+    let timeout_result = |_row: &InstanceRow| {
+        Finish::Terminated(
+            InstanceTerminationReason::ProvisioningTimeout,
+            format!(
+                "Deploying the agent to {} did not finish within {}s; check that the host is \
+                 reachable and retry by re-applying the fleet",
+                rci.host,
+                opts.deploy_timeout.as_secs()
+            ),
+        )
+    };
+    if left.is_zero() {
+        return finish(engine, row, token, timeout_result(row)).await;
+    }
+    let (project_key,): (String,) =
+        sqlx::query_as("SELECT ssh_public_key FROM projects WHERE id = $1")
+            .bind(&row.project_id)
+            .fetch_one(engine.store().reader())
+            .await?;
+    tracing::info!(instance = %row.name, host = %rci.host, "deploying the agent");
+    let outcome = tokio::time::timeout(left, ssh_deploy::deploy(&rci, &project_key, &opts)).await;
+    let result = match outcome {
+        Err(_) => timeout_result(row),
+        Ok(Ok(d)) => Finish::Idle(Box::new(d)),
+        Ok(Err(e)) => {
+            tracing::warn!(instance = %row.name, error = %e, "deploy failed");
+            Finish::Terminated(InstanceTerminationReason::Error, e.to_string())
+        }
+    };
+    finish(engine, row, token, result).await
+}
+
+/// The final write: only while our token holds and the status is still the one we read.
+async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> crate::Result<()> {
+    let now = time::to_db(time::now());
+    let status_read = crate::engine::services::instances::status_to_db(row.status);
+    let mut tx = engine.store().begin().await?;
+    let affected = match f {
+        Finish::Idle(d) => {
+            let mut jpd: Option<JobProvisioningData> = row.jpd();
+            let mut offer: Option<InstanceOfferWithAvailability> = row.offer();
+            if let Some(j) = jpd.as_mut() {
+                j.instance_type.resources = d.resources.clone();
+                if j.internal_ip.is_none() {
+                    j.internal_ip = d
+                        .addresses
+                        .first()
+                        .map(|a| a.split('/').next().unwrap_or(a).to_string());
+                }
+            }
+            if let Some(o) = offer.as_mut() {
+                o.instance.resources = d.resources.clone();
+            }
+            let total_blocks = row.total_blocks.unwrap_or(d.gpu_count.max(1));
+            let jpd = jpd.and_then(|j| serde_json::to_string(&j).ok());
+            let offer = offer.and_then(|o| serde_json::to_string(&o).ok());
+            tracing::info!(instance = %row.name, cpus = d.resources.cpus, memory_mib = d.resources.memory_mib, gpus = d.resources.gpus.len(), "instance is idle");
+            sqlx::query(
+                "UPDATE instances SET status = 'IDLE', job_provisioning_data = $1, offer = $2, \
+                 total_blocks = $3, started_at = $4, last_processed_at = $4, \
+                 lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
+                 WHERE id = $5 AND lock_token = $6 AND status = $7",
+            )
+            .bind(jpd)
+            .bind(offer)
+            .bind(total_blocks)
+            .bind(&now)
+            .bind(&row.id)
+            .bind(token)
+            .bind(status_read)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        }
+        Finish::Terminated(reason, message) => {
+            tracing::info!(instance = %row.name, reason = reason.as_str(), %message, "instance terminated");
+            sqlx::query(
+                "UPDATE instances SET status = 'TERMINATED', termination_reason = $1, \
+                 termination_reason_message = $2, finished_at = $3, last_processed_at = $3, \
+                 lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
+                 WHERE id = $4 AND lock_token = $5 AND status = $6",
+            )
+            .bind(reason.as_str())
+            .bind(message)
+            .bind(&now)
+            .bind(&row.id)
+            .bind(token)
+            .bind(status_read)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        }
+        Finish::Deleted => sqlx::query(
+            "UPDATE instances SET status = 'TERMINATED', deleted = TRUE, deleted_at = $1, \
+             finished_at = COALESCE(finished_at, $1), last_processed_at = $1, \
+             lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
+             WHERE id = $2 AND lock_token = $3 AND status = $4",
+        )
+        .bind(&now)
+        .bind(&row.id)
+        .bind(token)
+        .bind(status_read)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected(),
+    };
+    if affected == 1
+        && let Some(fid) = &row.fleet_id
+    {
+        // Let the fleet pipeline look at the fleet now (it may be waiting for this instance).
+        sqlx::query("UPDATE fleets SET skip_min_processing_interval = TRUE WHERE id = $1")
+            .bind(fid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if affected == 1 {
+        engine.hint(PipelineKind::Fleets);
+        Ok(())
+    } else {
+        // The status changed under us (e.g. the user deleted the fleet mid-deploy) or the
+        // lease was lost: let the row be processed again promptly.
+        tracing::info!(instance = %row.name, "instance changed while processing; will retry");
+        let mut tx = engine.store().begin().await?;
+        sqlx::query(
+            "UPDATE instances SET lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL, \
+             skip_min_processing_interval = TRUE WHERE id = $1 AND lock_token = $2",
+        )
+        .bind(&row.id)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        engine.hint(PipelineKind::Instances);
+        Ok(())
+    }
+}
