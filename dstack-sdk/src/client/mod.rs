@@ -14,6 +14,8 @@
 //! ```
 
 mod backends;
+mod fleets;
+mod instances;
 mod projects;
 mod secrets;
 mod transport;
@@ -29,6 +31,8 @@ use crate::routes::{PathParams, RouteId};
 use crate::{Error, ErrorKind};
 
 pub use backends::Backends;
+pub use fleets::{Fleets, fleet_spec};
+pub use instances::Instances;
 pub use projects::{Members, ProjectHandle, Projects};
 pub use secrets::Secrets;
 pub use users::Users;

@@ -6,6 +6,7 @@
 //! and the embedded client share one code path, one permission check and one error mapping.
 
 pub mod auth;
+mod auth_cache;
 pub mod config;
 pub mod crypto;
 mod dispatch;
@@ -91,6 +92,7 @@ pub(crate) fn env_flag(name: &str) -> bool {
 
 pub(crate) struct Inner {
     pub(crate) store: Store,
+    pub(crate) auth_cache: auth_cache::AuthCache,
     pub(crate) crypto: std::sync::RwLock<crypto::Crypto>,
     pub(crate) permissions: std::sync::RwLock<DefaultPermissions>,
     pub(crate) options: EngineOptions,
@@ -150,6 +152,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
+                auth_cache: auth_cache::AuthCache::default(),
                 crypto: std::sync::RwLock::new(crypto::Crypto::default()),
                 permissions: std::sync::RwLock::new(DefaultPermissions::default()),
                 options,

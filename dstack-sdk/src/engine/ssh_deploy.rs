@@ -445,7 +445,7 @@ async fn deploy_on(
         let script = format!(
             "H={home}; B={remote}; \
              if [ -f \"$H/agent.pid\" ]; then P=$(cat \"$H/agent.pid\"); \
-             kill -TERM -- \"-$P\" 2>/dev/null || kill -TERM \"$P\" 2>/dev/null; sleep 1; fi; \
+             kill -TERM \"-$P\" 2>/dev/null || kill -TERM \"$P\" 2>/dev/null; sleep 1; fi; \
              nohup setsid sh -c 'echo $$ > \"$0/agent.pid\"; set -a; . \"$0/agent.env\"; set +a; \
              while true; do \"$1\" agent --home \"$0\" --shim-port \"$2\" --runner-port \"$3\" \
              >> \"$0/agent.log\" 2>&1; sleep 3; done' \"$H\" \"$B\" {sp} {rp} \
@@ -482,7 +482,10 @@ async fn deploy_on(
         match http_get(tunnel.local_addr(), "/api/healthcheck").await {
             Ok((200, body)) if body.contains("dstack-shim") => break,
             Ok((status, body)) => {
-                last_err = format!("HTTP {status}: {}", body.chars().take(200).collect::<String>())
+                last_err = format!(
+                    "HTTP {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                )
             }
             Err(e) => last_err = e,
         }
@@ -601,7 +604,7 @@ pub(crate) async fn remove_agent(
          [ -f /etc/systemd/system/{unit} ]; then systemctl disable --now {unit} >/dev/null 2>&1; \
          rm -f /etc/systemd/system/{unit}; systemctl daemon-reload >/dev/null 2>&1; fi; \
          if [ -f \"$H/agent.pid\" ]; then P=$(cat \"$H/agent.pid\"); \
-         kill -TERM -- \"-$P\" 2>/dev/null || kill -TERM \"$P\" 2>/dev/null; rm -f \"$H/agent.pid\"; fi; \
+         kill -TERM \"-$P\" 2>/dev/null || kill -TERM \"$P\" 2>/dev/null; rm -f \"$H/agent.pid\"; fi; \
          rm -f \"$B\"",
         home = shell_quote(&opts.home),
         bin = shell_quote(&opts.remote_path),

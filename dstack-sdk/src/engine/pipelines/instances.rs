@@ -114,19 +114,17 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
         InstanceStatus::Pending | InstanceStatus::Provisioning => {
             match engine.remote_connection_info(&row)? {
                 Some(_) => deploy_ssh(engine, &row, token).await,
-                None => {
-                    finish(
-                        engine,
-                        &row,
-                        token,
-                        Finish::Terminated(
-                            InstanceTerminationReason::NoOffers,
-                            "No offers found: cloud provisioning is not available on this server yet"
-                                .into(),
-                        ),
-                    )
-                    .await
-                }
+                None => finish(
+                    engine,
+                    &row,
+                    token,
+                    Finish::Terminated(
+                        InstanceTerminationReason::NoOffers,
+                        "No offers found: cloud provisioning is not available on this server yet"
+                            .into(),
+                    ),
+                )
+                .await,
             }
         }
         InstanceStatus::Terminating => {
@@ -139,8 +137,12 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
                 .await
                 {
                     Ok(Ok(())) => tracing::info!(instance = %row.name, "agent stopped"),
-                    Ok(Err(e)) => tracing::warn!(instance = %row.name, error = %e, "cannot stop the agent; leaving it"),
-                    Err(_) => tracing::warn!(instance = %row.name, "stopping the agent timed out; leaving it"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(instance = %row.name, error = %e, "cannot stop the agent; leaving it")
+                    }
+                    Err(_) => {
+                        tracing::warn!(instance = %row.name, "stopping the agent timed out; leaving it")
+                    }
                 }
             }
             finish(engine, &row, token, Finish::Deleted).await
@@ -163,7 +165,8 @@ async fn deploy_ssh(engine: &Engine, row: &InstanceRow, token: &str) -> crate::R
         return Ok(());
     };
     let opts = engine.inner.options.agent.clone();
-    let deadline = row.created_at + chrono::Duration::from_std(opts.deploy_timeout).unwrap_or_default();
+    let deadline =
+        row.created_at + chrono::Duration::from_std(opts.deploy_timeout).unwrap_or_default();
     let left = (deadline - time::now()).to_std().unwrap_or_default();
     let timeout_result = |_row: &InstanceRow| {
         Finish::Terminated(

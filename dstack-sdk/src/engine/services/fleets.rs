@@ -439,10 +439,7 @@ fn check_can_update(current: &FleetSpec, new: &FleetSpec) -> crate::Result<()> {
             ],
         ),
         (Some(cs), Some(ns)) => {
-            check_only(
-                &changed_keys(&value_of(cc), &value_of(nc)),
-                &["ssh_config"],
-            )?;
+            check_only(&changed_keys(&value_of(cc), &value_of(nc)), &["ssh_config"])?;
             let strip = |s: &SSHParams| {
                 let mut v = value_of(s);
                 if let Some(o) = v.as_object_mut() {
@@ -510,12 +507,11 @@ impl Engine {
     }
 
     async fn fleet_by_id(&self, project_id: &str, id: &str) -> crate::Result<Option<FleetRow>> {
-        let row: Option<RawFleet> =
-            sqlx::query_as(select_fleets!("project_id = $1 AND id = $2"))
-                .bind(project_id)
-                .bind(id)
-                .fetch_optional(self.store().reader())
-                .await?;
+        let row: Option<RawFleet> = sqlx::query_as(select_fleets!("project_id = $1 AND id = $2"))
+            .bind(project_id)
+            .bind(id)
+            .fetch_optional(self.store().reader())
+            .await?;
         Ok(row.map(FleetRow::from))
     }
 
@@ -571,7 +567,11 @@ impl Engine {
             }
             let host = jpd
                 .and_then(|j| serde_json::from_str::<Value>(&j).ok())
-                .and_then(|v| v.get("hostname").and_then(Value::as_str).map(str::to_string));
+                .and_then(|v| {
+                    v.get("hostname")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                });
             if let Some(h) = host {
                 existing.push(h);
             }
@@ -637,7 +637,11 @@ impl Engine {
         to_json(&plan)
     }
 
-    pub(crate) async fn fleets_apply(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn fleets_apply(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
         let req: ApplyFleetPlanRequest = parse_lax(body)?;
         let project = ctx.project()?;
         let spec = req.plan.spec;
@@ -982,8 +986,12 @@ impl Engine {
         body: Option<Value>,
     ) -> crate::Result<Value> {
         let req: DeleteFleetInstancesRequest = parse_lax(body)?;
-        self.delete_fleets(ctx, std::slice::from_ref(&req.name), Some(&req.instance_nums))
-            .await
+        self.delete_fleets(
+            ctx,
+            std::slice::from_ref(&req.name),
+            Some(&req.instance_nums),
+        )
+        .await
     }
 
     async fn delete_fleets(

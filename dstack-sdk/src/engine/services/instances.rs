@@ -99,7 +99,6 @@ pub(crate) struct InstanceRow {
     pub(crate) deleted: bool,
 }
 
-
 /// `SELECT <instance columns> FROM instances WHERE <cond>` as a static string.
 macro_rules! select_instances {
     ($cond:literal) => {
@@ -165,7 +164,10 @@ impl InstanceRow {
             backend: None,
             instance_type: None,
             name: self.name.clone(),
-            fleet_id: self.fleet_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()),
+            fleet_id: self
+                .fleet_id
+                .as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok()),
             fleet_name: fleet_name.map(str::to_string),
             instance_num: self.instance_num,
             job_name: None,

@@ -133,21 +133,52 @@ impl Engine {
         Ok(row.map(|r| project_role_from_db(&r.0)))
     }
 
+    /// Ids of the projects the user is a member of.
+    async fn member_project_ids(
+        &self,
+        user_id: &str,
+    ) -> crate::Result<std::collections::HashSet<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT project_id FROM members WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_all(self.store().reader())
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// Members with their user rows, in `member_num` order.
     async fn members(&self, project_id: &str) -> crate::Result<Vec<(UserRow, ProjectRole)>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT user_id, project_role FROM members WHERE project_id = $1 ORDER BY member_num",
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            bool,
+            Option<String>,
+            Option<String>,
+            String,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT u.id, u.name, u.created_at, u.token, u.global_role, u.email, u.active, \
+             u.ssh_private_key, u.ssh_public_key, m.project_role \
+             FROM members m JOIN users u ON u.id = m.user_id \
+             WHERE m.project_id = $1 ORDER BY m.member_num",
         )
         .bind(project_id)
         .fetch_all(self.store().reader())
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (user_id, role) in rows {
-            if let Some(u) = self.user_by_id(&user_id).await? {
-                out.push((u, project_role_from_db(&role)));
-            }
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let role = project_role_from_db(&r.9);
+                (
+                    UserRow::from((r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8)),
+                    role,
+                )
+            })
+            .collect())
     }
 
     pub(crate) fn member_permissions(
@@ -249,15 +280,17 @@ impl Engine {
     ) -> crate::Result<Value> {
         let req: ListProjectsRequest = parse_body(body)?;
         let me = ctx.user()?;
-        let mut visible = Vec::new();
-        for p in self.all_projects().await? {
-            let ok = me.global_role == GlobalRole::Admin
-                || self.member_role(&p.id, &me.id).await?.is_some()
-                || (req.include_not_joined && p.is_public);
-            if ok {
-                visible.push(p);
-            }
-        }
+        let joined = self.member_project_ids(&me.id).await?;
+        let mut visible: Vec<ProjectRow> = self
+            .all_projects()
+            .await?
+            .into_iter()
+            .filter(|p| {
+                me.global_role == GlobalRole::Admin
+                    || joined.contains(&p.id)
+                    || (req.include_not_joined && p.is_public)
+            })
+            .collect();
         if let Some(pat) = req.name_pattern.as_deref().filter(|s| !s.is_empty()) {
             let pat = pat.to_lowercase();
             visible.retain(|p| p.name.to_lowercase().contains(&pat));
@@ -288,13 +321,12 @@ impl Engine {
 
     pub(crate) async fn projects_list_only_no_fleets(&self, ctx: &Ctx) -> crate::Result<Value> {
         let me = ctx.user()?;
+        let joined = self.member_project_ids(&me.id).await?;
         let mut out = Vec::new();
         let mut projects = self.all_projects().await?;
         projects.sort_by_key(|p| p.created_at);
         for p in projects {
-            if self.member_role(&p.id, &me.id).await?.is_some()
-                && !self.project_has_fleets(&p.id).await?
-            {
+            if joined.contains(&p.id) && !self.project_has_fleets(&p.id).await? {
                 out.push(self.project_model(&p, false).await?);
             }
         }

@@ -102,9 +102,14 @@ impl UserRow {
 impl Engine {
     /// The active, non-deleted user holding `token`.
     pub(crate) async fn user_by_token(&self, token: &str) -> crate::Result<Option<UserRow>> {
+        let hash = token_hash(token);
+        if let Some(u) = self.inner.auth_cache.get(&hash) {
+            return Ok(Some(u));
+        }
+        let generation = self.inner.auth_cache.generation();
         let q = select_users!("token_hash = $1 AND active AND NOT deleted");
         let row: Option<RawUser> = sqlx::query_as(q)
-            .bind(token_hash(token))
+            .bind(&hash)
             .fetch_optional(self.store().reader())
             .await?;
         let Some(row) = row.map(UserRow::from) else {
@@ -112,6 +117,7 @@ impl Engine {
         };
         // The hash found the row; the stored token must also match exactly.
         if self.crypto().decrypt(&row.token)? == token {
+            self.inner.auth_cache.put(hash, row.clone(), generation);
             Ok(Some(row))
         } else {
             Ok(None)
@@ -225,6 +231,7 @@ impl Engine {
         .await
         .map_err(|e| unique_violation(e, "User already exists"))?;
         tx.commit().await?;
+        self.inner.auth_cache.invalidate();
         self.user_by_id(&id)
             .await?
             .ok_or_else(|| Error::new(ErrorKind::Internal, "user vanished"))
@@ -319,6 +326,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.inner.auth_cache.invalidate();
         let row = self.user_by_id(&u.id).await?.ok_or_else(Error::not_found)?;
         to_json(&self.user_model(&row))
     }
@@ -351,6 +359,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.inner.auth_cache.invalidate();
         self.user_with_creds_json(&u.id).await
     }
 
@@ -370,6 +379,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.inner.auth_cache.invalidate();
         self.user_with_creds_json(&u.id).await
     }
 
@@ -406,6 +416,7 @@ impl Engine {
                 .await?;
         }
         tx.commit().await?;
+        self.inner.auth_cache.invalidate();
         Ok(Value::Null)
     }
 }

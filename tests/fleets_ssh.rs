@@ -1,0 +1,524 @@
+//! SSH fleets end to end on loopback: the embedded engine deploys our own agent
+//! (`dstack-server agent`) onto a real OpenSSH server as the user `dstack-test`, and the
+//! fleet and instance routes and pipelines drive it.
+//!
+//! Each test starts its own `sshd` on a free 127.0.0.1 port (keys and config in a temp dir)
+//! and its own engine whose agent uses free ports and a home and binary path in that temp
+//! dir, so tests run in parallel. Needs root, `/usr/sbin/sshd`, `sudo` and the users
+//! `dstack-test` / `dstack-nosudo` (created by `scripts/sshd-test-env.sh` when missing).
+//! Every wait is bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dstack_sdk::client::Client;
+use dstack_sdk::engine::{Engine, EngineOptions};
+use dstack_sdk::models::common::BackendType;
+use dstack_sdk::models::fleets::FleetConfiguration;
+use dstack_sdk::models::instances::{Instance, InstanceStatus, ListInstancesRequest};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const SUDO_USER: &str = "dstack-test";
+const NOSUDO_USER: &str = "dstack-nosudo";
+
+fn user_exists(name: &str) -> bool {
+    Command::new("id")
+        .arg("-u")
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn ensure_env() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let ready = Path::new("/usr/sbin/sshd").exists()
+            && Path::new("/run/sshd").is_dir()
+            && user_exists(SUDO_USER)
+            && user_exists(NOSUDO_USER);
+        if !ready {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sshd-test-env.sh");
+            let status = Command::new("bash").arg(&script).status().unwrap();
+            assert!(status.success(), "scripts/sshd-test-env.sh failed");
+        }
+    });
+}
+
+struct KeyPair {
+    private_pem: String,
+    public_line: String,
+}
+
+fn keygen(path: &Path) -> KeyPair {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleets-test", "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    KeyPair {
+        private_pem: std::fs::read_to_string(path).unwrap(),
+        public_line: std::fs::read_to_string(path.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A temp dir with keys, a running sshd and the agent's paths for this test.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    sshd: Option<Child>,
+    port: u16,
+    sudo_key: KeyPair,
+    nosudo_key: KeyPair,
+    stranger_key: KeyPair,
+    agent_home: PathBuf,
+    agent_bin: PathBuf,
+    shim_port: u16,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        ensure_env();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        set_mode(&dir, 0o755);
+        keygen(&dir.join("host_ed25519"));
+        let keys = dir.join("client");
+        std::fs::create_dir(&keys).unwrap();
+        let sudo_key = keygen(&keys.join("sudo"));
+        let nosudo_key = keygen(&keys.join("nosudo"));
+        let stranger_key = keygen(&keys.join("stranger"));
+        let ak = dir.join("authorized_keys");
+        std::fs::create_dir(&ak).unwrap();
+        set_mode(&ak, 0o755);
+        std::fs::write(ak.join(SUDO_USER), format!("{}\n", sudo_key.public_line)).unwrap();
+        std::fs::write(
+            ak.join(NOSUDO_USER),
+            format!("{}\n", nosudo_key.public_line),
+        )
+        .unwrap();
+        set_mode(&ak.join(SUDO_USER), 0o644);
+        set_mode(&ak.join(NOSUDO_USER), 0o644);
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n\
+                 PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys/%u\n\
+                 StrictModes no\nUsePAM no\nPubkeyAuthentication yes\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 AllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\n\
+                 Subsystem sftp /usr/lib/openssh/sftp-server\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let sshd = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+                let mut buf = [0u8; 4];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await
+                    && buf[..n].starts_with(b"SSH-")
+                {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "sshd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Fixture {
+            agent_home: dir.join("agent-home"),
+            agent_bin: dir.join("bin").join("dstack-agent"),
+            shim_port: free_port(),
+            tmp,
+            sshd: Some(sshd),
+            port,
+            sudo_key,
+            nosudo_key,
+            stranger_key,
+        }
+    }
+
+    fn server_dir(&self) -> PathBuf {
+        self.tmp.path().join("server")
+    }
+
+    async fn engine(&self) -> (Engine, Client) {
+        let mut o = EngineOptions::new(self.server_dir());
+        o.config_disabled = true;
+        o.pipelines.lease = Duration::from_secs(3);
+        o.pipelines.workers = 4;
+        o.agent.binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_dstack-server")));
+        o.agent.remote_path = self.agent_bin.display().to_string();
+        o.agent.home = self.agent_home.display().to_string();
+        o.agent.shim_port = self.shim_port;
+        o.agent.runner_port = free_port();
+        o.agent.health_timeout = Duration::from_secs(30);
+        let (engine, info) = Engine::open(o).await.unwrap();
+        let client = Client::with_engine(engine.clone(), &info.admin_token);
+        (engine, client)
+    }
+
+    fn conf(&self, name: &str, user: &str, key: &KeyPair, port: u16) -> FleetConfiguration {
+        serde_json::from_value(serde_json::json!({
+            "type": "fleet",
+            "name": name,
+            "ssh_config": {
+                "user": user,
+                "port": port,
+                "ssh_key": {"public": key.public_line, "private": key.private_pem},
+                "hosts": ["127.0.0.1"],
+            },
+        }))
+        .unwrap()
+    }
+
+    /// Kills the agent's process group (by its pid file) and any process still running this
+    /// fixture's agent binary (only processes this test started match that path).
+    fn kill_agent(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.agent_home.join("agent.pid")) {
+            let pid = pid.trim();
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let needle = self.agent_bin.display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill_agent();
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls the fleet's only instance until `done` holds, up to `limit`.
+async fn wait_instance(
+    client: &Client,
+    fleet: &str,
+    limit: Duration,
+    done: impl Fn(&Instance) -> bool,
+) -> Instance {
+    let f = async {
+        loop {
+            let fleet = client.project("main").fleets().get(fleet).await.unwrap();
+            if let Some(i) = fleet.instances.first()
+                && done(i)
+            {
+                return i.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("instance did not reach the expected state in time")
+}
+
+async fn port_closed(port: u16, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+fn nproc() -> i64 {
+    std::thread::available_parallelism().unwrap().get() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_fleet_deploys_lists_and_deletes() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let fx = Fixture::new().await;
+        let (engine, client) = fx.engine().await;
+        let fleets = client.project("main").fleets();
+        let conf = fx.conf("ssh-a", SUDO_USER, &fx.sudo_key, fx.port);
+
+        let plan = fleets
+            .get_plan(&dstack_sdk::client::fleet_spec(conf.clone()))
+            .await
+            .unwrap();
+        assert_eq!(plan.action.map(|a| a.as_str()), Some("create"));
+        let eff = plan.effective_spec.unwrap();
+        assert!(
+            eff.configuration.ssh_config.unwrap().ssh_key.is_none(),
+            "private keys must not come back"
+        );
+
+        let fleet = fleets
+            .apply_configuration(conf.clone(), false)
+            .await
+            .unwrap();
+        assert_eq!(fleet.name, "ssh-a");
+        assert_eq!(fleet.instances.len(), 1);
+        assert_eq!(fleet.instances[0].status, InstanceStatus::Pending);
+        assert_eq!(fleet.instances[0].backend, Some(BackendType::Remote));
+
+        let inst = wait_instance(&client, "ssh-a", Duration::from_secs(150), |i| {
+            i.status != InstanceStatus::Pending
+        })
+        .await;
+        assert_eq!(
+            inst.status,
+            InstanceStatus::Idle,
+            "deploy failed: {:?}",
+            inst.termination_reason_message
+        );
+        let res = &inst.instance_type.as_ref().unwrap().resources;
+        assert_eq!(res.cpus, nproc());
+        assert!(res.memory_mib > 0 && res.disk.size_mib > 0, "{res:?}");
+        assert_eq!(inst.hostname.as_deref(), Some("127.0.0.1"));
+        assert_eq!(inst.region.as_deref(), Some("remote"));
+        assert_eq!(inst.total_blocks, Some(1));
+        // The agent answers on its port and the project key was added for dstack-test.
+        assert!(
+            TcpStream::connect(("127.0.0.1", fx.shim_port))
+                .await
+                .is_ok()
+        );
+
+        // get / list / instances list.
+        let listed = fleets.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let all = client.fleets_all(&serde_json::json!({})).await.unwrap();
+        assert!(all.iter().any(|f| f.id == fleet.id));
+        let by_id = fleets.get_by_id(fleet.id).await.unwrap();
+        assert_eq!(by_id.instances[0].status, InstanceStatus::Idle);
+        let instances = client
+            .instances()
+            .list(&ListInstancesRequest {
+                fleet_ids: Some(vec![fleet.id]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].id, inst.id);
+        let got = client.instances().get("main", inst.id).await.unwrap();
+        assert_eq!(got.fleet_name.as_deref(), Some("ssh-a"));
+
+        // Re-planning the same configuration is an in-place update; a stale plan is refused.
+        let plan = fleets
+            .get_plan(&dstack_sdk::client::fleet_spec(conf.clone()))
+            .await
+            .unwrap();
+        assert_eq!(plan.action.map(|a| a.as_str()), Some("update"));
+        let err = fleets
+            .apply(&dstack_sdk::client::fleet_spec(conf.clone()), None, false)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("Resource has been changed"), "{err}");
+        // A second fleet cannot take the same host.
+        let err = fleets
+            .apply_configuration(fx.conf("ssh-b", SUDO_USER, &fx.sudo_key, fx.port), false)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("already assigned"), "{err}");
+
+        // Delete: the instance terminates, the agent stops, the fleet disappears.
+        fleets.delete(&["ssh-a"]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while fleets.get("ssh-a").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await
+        .expect("fleet was not deleted in time");
+        let gone = fleets.get_by_id(fleet.id).await.unwrap();
+        assert_eq!(gone.status.as_str(), "terminated");
+        let inst = client.instances().get("main", inst.id).await.unwrap();
+        assert_eq!(inst.status, InstanceStatus::Terminated);
+        assert_eq!(
+            inst.termination_reason.as_deref(),
+            Some("terminated_by_user")
+        );
+        assert!(
+            port_closed(fx.shim_port, Duration::from_secs(15)).await,
+            "the agent still listens after the fleet was deleted"
+        );
+        assert!(!fx.agent_bin.exists(), "the agent binary was not removed");
+        engine.stop_background();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_errors_name_the_step() {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let fx = Fixture::new().await;
+        let (engine, client) = fx.engine().await;
+        let fleets = client.project("main").fleets();
+        let cases = [
+            (
+                "wrong-key",
+                fx.conf("wrong-key", SUDO_USER, &fx.stranger_key, fx.port),
+                "auth",
+            ),
+            (
+                "no-sudo",
+                fx.conf("no-sudo", NOSUDO_USER, &fx.nosudo_key, fx.port),
+                "sudo",
+            ),
+            (
+                "unreachable",
+                fx.conf("unreachable", SUDO_USER, &fx.sudo_key, free_port()),
+                "connect",
+            ),
+        ];
+        for (name, conf, step) in cases {
+            fleets.apply_configuration(conf, false).await.unwrap();
+            let inst = wait_instance(&client, name, Duration::from_secs(60), |i| {
+                i.status != InstanceStatus::Pending
+            })
+            .await;
+            assert_eq!(inst.status, InstanceStatus::Terminated, "{name}");
+            assert_eq!(inst.termination_reason.as_deref(), Some("error"), "{name}");
+            let msg = inst.termination_reason_message.unwrap_or_default();
+            assert!(
+                msg.contains(&format!("step `{step}`")) && msg.contains("127.0.0.1"),
+                "{name}: {msg}"
+            );
+            fleets.delete(&[name]).await.unwrap();
+        }
+        // Validation: a host without a private key, and a bad name.
+        let mut bad: serde_json::Value = serde_json::json!({
+            "type": "fleet", "name": "no-key",
+            "ssh_config": {"user": "u", "ssh_key": {"public": "x"}, "hosts": ["10.0.0.1"]}
+        });
+        let conf: FleetConfiguration = serde_json::from_value(bad.clone()).unwrap();
+        let err = fleets.apply_configuration(conf, false).await.unwrap_err();
+        assert!(err.message().contains("Private key not provided"), "{err}");
+        bad["name"] = serde_json::json!("Bad_Name");
+        bad["ssh_config"]["ssh_key"]["private"] = serde_json::json!(fx.sudo_key.private_pem);
+        let conf: FleetConfiguration = serde_json::from_value(bad).unwrap();
+        let err = fleets.apply_configuration(conf, false).await.unwrap_err();
+        assert!(err.message().contains("regex"), "{err}");
+        engine.stop_background();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_resumes_after_engine_restart() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let fx = Fixture::new().await;
+        let conf = fx.conf("ssh-r", SUDO_USER, &fx.sudo_key, fx.port);
+        {
+            let (engine, client) = fx.engine().await;
+            client
+                .project("main")
+                .fleets()
+                .apply_configuration(conf, false)
+                .await
+                .unwrap();
+            // Wait until the deploy is uploading the agent, then "kill" the engine.
+            let started = std::time::SystemTime::now() - Duration::from_secs(1);
+            let bin_dir = fx.agent_bin.parent().unwrap().to_path_buf();
+            tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    let uploading = std::fs::read_dir("/tmp")
+                        .map(|d| {
+                            d.flatten().any(|e| {
+                                e.file_name().to_string_lossy().starts_with("dstack-agent-")
+                                    && e.metadata().is_ok_and(|m| {
+                                        m.uid() != 0 && m.modified().is_ok_and(|t| t >= started)
+                                    })
+                            })
+                        })
+                        .unwrap_or(false);
+                    if uploading || bin_dir.exists() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the deploy did not start");
+            engine.stop_background();
+            let fleet = client.project("main").fleets().get("ssh-r").await.unwrap();
+            assert_eq!(fleet.instances[0].status, InstanceStatus::Pending);
+        }
+        // A new engine on the same directory re-claims the expired lease and finishes.
+        let (engine, client) = fx.engine().await;
+        let inst = wait_instance(&client, "ssh-r", Duration::from_secs(150), |i| {
+            i.status != InstanceStatus::Pending
+        })
+        .await;
+        assert_eq!(
+            inst.status,
+            InstanceStatus::Idle,
+            "{:?}",
+            inst.termination_reason_message
+        );
+        assert_eq!(inst.instance_type.unwrap().resources.cpus, nproc());
+        client
+            .project("main")
+            .fleets()
+            .delete(&["ssh-r"])
+            .await
+            .unwrap();
+        assert!(port_closed(fx.shim_port, Duration::from_secs(60)).await);
+        engine.stop_background();
+    })
+    .await
+    .expect("test timed out");
+}
