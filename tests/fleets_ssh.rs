@@ -496,6 +496,19 @@ async fn deploy_resumes_after_engine_restart() {
             engine.stop_background();
             let fleet = client.project("main").fleets().get("ssh-r").await.unwrap();
             assert_eq!(fleet.instances[0].status, InstanceStatus::Pending);
+            // The dead engine's lease is still on the row (checked when the sqlite3 CLI exists).
+            let db = fx.server_dir().join("data").join("sqlite.db");
+            if let Ok(out) = Command::new("sqlite3")
+                .arg(&db)
+                .arg("SELECT lock_owner FROM instances WHERE lock_token IS NOT NULL")
+                .output()
+            {
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    "InstancePipeline",
+                    "the instance should be leased when the engine dies"
+                );
+            }
         }
         // A new engine on the same directory re-claims the expired lease and finishes.
         let (engine, client) = fx.engine().await;
@@ -516,6 +529,52 @@ async fn deploy_resumes_after_engine_restart() {
             .delete(&["ssh-r"])
             .await
             .unwrap();
+        assert!(port_closed(fx.shim_port, Duration::from_secs(60)).await);
+        engine.stop_background();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_fleet_through_proxy_jump() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let fx = Fixture::new().await;
+        let (engine, client) = fx.engine().await;
+        let fleets = client.project("main").fleets();
+        let key = serde_json::json!({"public": fx.sudo_key.public_line, "private": fx.sudo_key.private_pem});
+        // The jump host is the same sshd; the target is reached through its direct-tcpip channel.
+        let conf: FleetConfiguration = serde_json::from_value(serde_json::json!({
+            "type": "fleet",
+            "name": "ssh-pj",
+            "ssh_config": {
+                "user": SUDO_USER,
+                "port": fx.port,
+                "ssh_key": key,
+                "proxy_jump": {
+                    "hostname": "127.0.0.1", "port": fx.port, "user": SUDO_USER,
+                    "identity_file": "unused", "ssh_key": key,
+                },
+                "hosts": ["localhost"],
+            },
+        }))
+        .unwrap();
+        fleets.apply_configuration(conf, false).await.unwrap();
+        let inst = wait_instance(&client, "ssh-pj", Duration::from_secs(150), |i| {
+            i.status != InstanceStatus::Pending
+        })
+        .await;
+        assert_eq!(
+            inst.status,
+            InstanceStatus::Idle,
+            "{:?}",
+            inst.termination_reason_message
+        );
+        assert_eq!(inst.hostname.as_deref(), Some("localhost"));
+        let fleet = fleets.get("ssh-pj").await.unwrap();
+        let ssh = fleet.spec.configuration.ssh_config.unwrap();
+        assert!(ssh.ssh_key.is_none() && ssh.proxy_jump.unwrap().ssh_key.is_none());
+        fleets.delete(&["ssh-pj"]).await.unwrap();
         assert!(port_closed(fx.shim_port, Duration::from_secs(60)).await);
         engine.stop_background();
     })

@@ -90,12 +90,12 @@ pub(crate) async fn authorize(
         role: None,
     };
     if let Some(name) = project_name {
-        let project = engine
-            .project_by_name(name)
+        let snap = engine
+            .project_snapshot(name)
             .await?
             .ok_or_else(project_not_found)?;
-        ctx.role = engine.member_role(&project.id, &ctx.user()?.id).await?;
-        ctx.project = Some(project);
+        ctx.role = snap.roles.get(&ctx.user()?.id).copied();
+        ctx.project = Some(snap.row.clone());
     }
     let role = ctx.effective_role();
     let public = ctx.project.as_ref().is_some_and(|p| p.is_public);

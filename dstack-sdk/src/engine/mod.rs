@@ -6,7 +6,7 @@
 //! and the embedded client share one code path, one permission check and one error mapping.
 
 pub mod auth;
-mod auth_cache;
+mod read_cache;
 pub mod config;
 pub mod crypto;
 mod dispatch;
@@ -92,7 +92,7 @@ pub(crate) fn env_flag(name: &str) -> bool {
 
 pub(crate) struct Inner {
     pub(crate) store: Store,
-    pub(crate) auth_cache: auth_cache::AuthCache,
+    pub(crate) cache: read_cache::ReadCache,
     pub(crate) crypto: std::sync::RwLock<crypto::Crypto>,
     pub(crate) permissions: std::sync::RwLock<DefaultPermissions>,
     pub(crate) options: EngineOptions,
@@ -152,7 +152,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
-                auth_cache: auth_cache::AuthCache::default(),
+                cache: read_cache::ReadCache::default(),
                 crypto: std::sync::RwLock::new(crypto::Crypto::default()),
                 permissions: std::sync::RwLock::new(DefaultPermissions::default()),
                 options,
@@ -177,6 +177,16 @@ impl Engine {
         body: Option<Value>,
     ) -> crate::Result<Value> {
         dispatch::call(self, route, token, params, body).await
+    }
+
+    /// Commits a write to users, projects, members or backends and invalidates the read cache.
+    pub(crate) async fn commit_identity(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    ) -> crate::Result<()> {
+        tx.commit().await?;
+        self.inner.cache.invalidate();
+        Ok(())
     }
 
     pub(crate) fn store(&self) -> &Store {

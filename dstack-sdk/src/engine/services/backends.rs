@@ -153,7 +153,7 @@ impl Engine {
             .await
             .map_err(|e| super::users::unique_violation(e, "Backend already exists"))?;
         }
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(with_creds)
     }
 
@@ -172,7 +172,7 @@ impl Engine {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(())
     }
 

@@ -621,12 +621,12 @@ impl Engine {
         if let Some(c) = current.as_mut() {
             strip_sensitive(&mut c.spec);
         }
-        let mut spec = req.spec;
-        strip_sensitive(&mut spec);
+        // As in dstack, the submitted spec is echoed unchanged (the caller's own keys); the
+        // effective spec and the current fleet have their private keys removed.
         let plan = FleetPlan {
             project_name: project.name.clone(),
             user: user.name.clone(),
-            spec,
+            spec: req.spec,
             effective_spec: Some(effective),
             current_resource: current,
             offers: vec![],
@@ -682,7 +682,8 @@ impl Engine {
 
     async fn fleet_create(&self, ctx: &Ctx, mut spec: FleetSpec) -> crate::Result<Value> {
         let project = ctx.project()?;
-        self.check_hosts_not_added(&spec, None).await?;
+        // As in dstack, only `get_plan` and in-place updates check that hosts are not in another
+        // fleet; a direct create does not.
         let name = match &spec.configuration.name {
             Some(n) => n.clone(),
             None => {
@@ -903,7 +904,7 @@ impl Engine {
             (None, Some(name)) => self.fleet_by_name(&project.id, name).await?,
             (None, None) => return Err(client_error("name or id must be specified")),
         };
-        let row = row.ok_or_else(|| Error::new(ErrorKind::NotFound, "Fleet not found"))?;
+        let row = row.ok_or_else(Error::not_found)?;
         to_json(&self.fleet_model(&row, &project.name, false).await?)
     }
 

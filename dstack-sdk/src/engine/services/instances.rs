@@ -313,7 +313,7 @@ impl Engine {
                 {
                     continue;
                 }
-                if req.only_active && (r.deleted || !r.status.is_active()) {
+                if req.only_active && (r.deleted || !r.status.is_available()) {
                     continue;
                 }
                 let fname = r.fleet_id.as_ref().and_then(|f| {
@@ -347,7 +347,7 @@ impl Engine {
             .instance_row(&req.id.to_string())
             .await?
             .filter(|r| r.project_id == project.id)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "Instance not found"))?;
+            .ok_or_else(Error::not_found)?;
         let (pname, fname) = self.instance_names(&row).await?;
         to_json(&row.to_model(&pname, fname.as_deref()))
     }

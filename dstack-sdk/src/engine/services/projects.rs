@@ -16,6 +16,7 @@ use crate::{Error, ErrorKind};
 
 use super::users::{UserRow, unique_violation};
 use super::{deleted_name, generate_ssh_keypair, parse_body, to_json, valid_name};
+use crate::engine::read_cache::ProjectSnapshot;
 
 /// A `projects` row.
 #[derive(Debug, Clone)]
@@ -133,6 +134,31 @@ impl Engine {
         Ok(row.map(|r| project_role_from_db(&r.0)))
     }
 
+    /// The project's row, member roles and full model, served from the read cache.
+    pub(crate) async fn project_snapshot(
+        &self,
+        name: &str,
+    ) -> crate::Result<Option<std::sync::Arc<ProjectSnapshot>>> {
+        let key = name.to_lowercase();
+        if let Some(p) = self.inner.cache.project(&key) {
+            return Ok(Some(p));
+        }
+        let generation = self.inner.cache.generation();
+        let Some(row) = self.project_by_name(name).await? else {
+            return Ok(None);
+        };
+        let roles = self
+            .members(&row.id)
+            .await?
+            .into_iter()
+            .map(|(u, r)| (u.id, r))
+            .collect();
+        let full = self.project_model(&row, true).await?;
+        let snap = std::sync::Arc::new(ProjectSnapshot { row, roles, full });
+        self.inner.cache.put_project(key, snap.clone(), generation);
+        Ok(Some(snap))
+    }
+
     /// Ids of the projects the user is a member of.
     async fn member_project_ids(
         &self,
@@ -230,6 +256,19 @@ impl Engine {
         })
     }
 
+    /// The model `projects/list` shows (members and backends empty), from the read cache.
+    async fn project_list_model(&self, p: &ProjectRow) -> crate::Result<Project> {
+        match self.project_snapshot(&p.name).await? {
+            Some(snap) => {
+                let mut m = snap.full.clone();
+                m.members.clear();
+                m.backends.clear();
+                Ok(m)
+            }
+            None => self.project_model(p, false).await,
+        }
+    }
+
     /// Creates a project owned by `owner` (who becomes its admin).
     pub(crate) async fn create_project_row(
         &self,
@@ -267,7 +306,7 @@ impl Engine {
         .await
         .map_err(|e| unique_violation(e, "Project already exists"))?;
         insert_member(&mut tx, &id, &owner.id, ProjectRole::Admin, 0).await?;
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         self.project_by_name(&req.project_name)
             .await?
             .ok_or_else(|| Error::new(ErrorKind::Internal, "project vanished"))
@@ -306,7 +345,7 @@ impl Engine {
         );
         let mut projects = Vec::with_capacity(page.len());
         for p in &page {
-            projects.push(self.project_model(p, false).await?);
+            projects.push(self.project_list_model(p).await?);
         }
         let resp = if req.return_total_count {
             ProjectsListResponse::WithTotal(ProjectsInfoList {
@@ -327,7 +366,7 @@ impl Engine {
         projects.sort_by_key(|p| p.created_at);
         for p in projects {
             if joined.contains(&p.id) && !self.project_has_fleets(&p.id).await? {
-                out.push(self.project_model(&p, false).await?);
+                out.push(self.project_list_model(&p).await?);
             }
         }
         to_json(&out)
@@ -402,12 +441,15 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(Value::Null)
     }
 
     pub(crate) async fn projects_get(&self, ctx: &Ctx) -> crate::Result<Value> {
-        to_json(&self.project_model(ctx.project()?, true).await?)
+        match self.project_snapshot(&ctx.project()?.name).await? {
+            Some(snap) => to_json(&snap.full),
+            None => Err(Error::not_found()),
+        }
     }
 
     pub(crate) async fn projects_update(
@@ -432,7 +474,7 @@ impl Engine {
             .bind(&p.id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         let row = self
             .project_by_name(&p.name)
             .await?
@@ -501,7 +543,7 @@ impl Engine {
         for (i, (u, role)) in new.iter().enumerate() {
             insert_member(&mut tx, &p.id, &u.id, *role, i as i64).await?;
         }
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         to_json(&self.project_model(p, true).await?)
     }
 
@@ -560,7 +602,7 @@ impl Engine {
                 next_num += 1;
             }
         }
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         to_json(&self.project_model(p, true).await?)
     }
 
@@ -612,7 +654,7 @@ impl Engine {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         to_json(&self.project_model(p, true).await?)
     }
 }

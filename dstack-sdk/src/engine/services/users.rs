@@ -103,10 +103,10 @@ impl Engine {
     /// The active, non-deleted user holding `token`.
     pub(crate) async fn user_by_token(&self, token: &str) -> crate::Result<Option<UserRow>> {
         let hash = token_hash(token);
-        if let Some(u) = self.inner.auth_cache.get(&hash) {
+        if let Some(u) = self.inner.cache.user(&hash) {
             return Ok(Some(u));
         }
-        let generation = self.inner.auth_cache.generation();
+        let generation = self.inner.cache.generation();
         let q = select_users!("token_hash = $1 AND active AND NOT deleted");
         let row: Option<RawUser> = sqlx::query_as(q)
             .bind(&hash)
@@ -117,7 +117,7 @@ impl Engine {
         };
         // The hash found the row; the stored token must also match exactly.
         if self.crypto().decrypt(&row.token)? == token {
-            self.inner.auth_cache.put(hash, row.clone(), generation);
+            self.inner.cache.put_user(hash, row.clone(), generation);
             Ok(Some(row))
         } else {
             Ok(None)
@@ -230,8 +230,7 @@ impl Engine {
         .execute(&mut *tx)
         .await
         .map_err(|e| unique_violation(e, "User already exists"))?;
-        tx.commit().await?;
-        self.inner.auth_cache.invalidate();
+        self.commit_identity(tx).await?;
         self.user_by_id(&id)
             .await?
             .ok_or_else(|| Error::new(ErrorKind::Internal, "user vanished"))
@@ -325,8 +324,7 @@ impl Engine {
             .bind(&u.id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        self.inner.auth_cache.invalidate();
+        self.commit_identity(tx).await?;
         let row = self.user_by_id(&u.id).await?.ok_or_else(Error::not_found)?;
         to_json(&self.user_model(&row))
     }
@@ -358,8 +356,7 @@ impl Engine {
             .bind(&u.id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        self.inner.auth_cache.invalidate();
+        self.commit_identity(tx).await?;
         self.user_with_creds_json(&u.id).await
     }
 
@@ -378,8 +375,7 @@ impl Engine {
             .bind(&u.id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        self.inner.auth_cache.invalidate();
+        self.commit_identity(tx).await?;
         self.user_with_creds_json(&u.id).await
     }
 
@@ -415,8 +411,7 @@ impl Engine {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
-        self.inner.auth_cache.invalidate();
+        self.commit_identity(tx).await?;
         Ok(Value::Null)
     }
 }
