@@ -438,6 +438,17 @@ async fn deploy_errors_name_the_step() {
             );
             fleets.delete(&[name]).await.unwrap();
         }
+        // A cloud fleet is stored, but with no cloud backends its instance ends with no_offers.
+        let cloud: FleetConfiguration = serde_json::from_value(
+            serde_json::json!({"type": "fleet", "name": "cloud", "nodes": 1}),
+        )
+        .unwrap();
+        fleets.apply_configuration(cloud, false).await.unwrap();
+        let inst = wait_instance(&client, "cloud", Duration::from_secs(30), |i| {
+            i.status == InstanceStatus::Terminated
+        })
+        .await;
+        assert_eq!(inst.termination_reason.as_deref(), Some("no_offers"));
         // Validation: a host without a private key, and a bad name.
         let mut bad: serde_json::Value = serde_json::json!({
             "type": "fleet", "name": "no-key",
@@ -576,6 +587,41 @@ async fn ssh_fleet_through_proxy_jump() {
         assert!(ssh.ssh_key.is_none() && ssh.proxy_jump.unwrap().ssh_key.is_none());
         fleets.delete(&["ssh-pj"]).await.unwrap();
         assert!(port_closed(fx.shim_port, Duration::from_secs(60)).await);
+        engine.stop_background();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_during_deploy_cleans_up() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let fx = Fixture::new().await;
+        let (engine, client) = fx.engine().await;
+        let fleets = client.project("main").fleets();
+        fleets
+            .apply_configuration(fx.conf("ssh-d", SUDO_USER, &fx.sudo_key, fx.port), false)
+            .await
+            .unwrap();
+        // Delete as soon as the host has the agent's directory (the deploy is under way).
+        let bin_dir = fx.agent_bin.parent().unwrap().to_path_buf();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !bin_dir.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the deploy did not start");
+        fleets.delete(&["ssh-d"]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(90), async {
+            while fleets.get("ssh-d").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await
+        .expect("fleet was not deleted in time");
+        assert!(port_closed(fx.shim_port, Duration::from_secs(30)).await);
+        assert!(!fx.agent_bin.exists(), "the agent binary was not removed");
         engine.stop_background();
     })
     .await

@@ -328,6 +328,14 @@ async fn deploy_on(
         .next()
         .is_some_and(|h| h == hash);
     if !same {
+        // Partial uploads of deploys that were cut off (a killed server) are left in /tmp;
+        // remove this user's stale ones.
+        let _ = conn
+            .exec(
+                "find /tmp -maxdepth 1 -user \"$(id -u)\" -name 'dstack-agent-*' -mmin +10 \
+                 -exec rm -f {} + 2>/dev/null; true",
+            )
+            .await;
         let tmp = format!("/tmp/dstack-agent-{}", uuid::Uuid::new_v4().simple());
         conn.upload_file(&local_bin, &tmp, 0o755)
             .await

@@ -129,8 +129,8 @@ impl Engine {
         self.inner.pipelines.notify(kind).notify_one();
     }
 
-    /// Starts the background pipelines (idempotent per engine only in the sense that callers
-    /// call it once; [`Engine::open`] does).
+    /// Starts the background pipelines; [`Engine::open`] and [`Engine::in_memory`] call it
+    /// once unless [`PipelineOptions::enabled`] is off.
     pub(crate) fn start_pipelines(&self) {
         let handles = vec![
             spawn_pipeline::<fleets::FleetPipeline>(self.clone()),
