@@ -1,5 +1,6 @@
 //! A read-through cache for the two lookups almost every request makes: token → user, and
-//! project → (row, member roles, the full `Project` model).
+//! project → (row, member roles, the full `Project` model), the project list, and
+//! each user's memberships.
 //!
 //! Every write to users, projects, members or backends commits through
 //! [`Engine::commit_identity`](super::Engine), which bumps a generation counter; an entry is
@@ -10,7 +11,7 @@
 //! With several server replicas on one Postgres database each replica would also have to hear
 //! the others' writes; that arrives with the Postgres store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -75,6 +76,8 @@ pub(crate) struct ReadCache {
     generation: AtomicU64,
     tokens: Map<UserRow>,
     projects: Map<Arc<ProjectSnapshot>>,
+    project_rows: Map<Arc<Vec<ProjectRow>>>,
+    memberships: Map<Arc<HashSet<String>>>,
 }
 
 impl Default for ReadCache {
@@ -83,6 +86,8 @@ impl Default for ReadCache {
             generation: AtomicU64::new(0),
             tokens: Map::new(),
             projects: Map::new(),
+            project_rows: Map::new(),
+            memberships: Map::new(),
         }
     }
 }
@@ -113,10 +118,37 @@ impl ReadCache {
         self.projects.put(name_lower, p, generation);
     }
 
+    /// All non-deleted project rows, if cached and current.
+    pub(crate) fn project_rows(&self) -> Option<Arc<Vec<ProjectRow>>> {
+        self.project_rows.get("", self.generation())
+    }
+
+    /// Remembers the project rows read at `generation`.
+    pub(crate) fn put_project_rows(&self, rows: Arc<Vec<ProjectRow>>, generation: u64) {
+        self.project_rows.put(String::new(), rows, generation);
+    }
+
+    /// The ids of the projects a user belongs to, if cached and current.
+    pub(crate) fn memberships(&self, user_id: &str) -> Option<Arc<HashSet<String>>> {
+        self.memberships.get(user_id, self.generation())
+    }
+
+    /// Remembers a user's memberships read at `generation`.
+    pub(crate) fn put_memberships(
+        &self,
+        user_id: String,
+        ids: Arc<HashSet<String>>,
+        generation: u64,
+    ) {
+        self.memberships.put(user_id, ids, generation);
+    }
+
     /// Called after every committed write to users, projects, members or backends.
     pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.tokens.clear();
         self.projects.clear();
+        self.project_rows.clear();
+        self.memberships.clear();
     }
 }

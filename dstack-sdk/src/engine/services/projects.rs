@@ -112,7 +112,18 @@ impl Engine {
         Ok(row.map(ProjectRow::from))
     }
 
-    async fn all_projects(&self) -> crate::Result<Vec<ProjectRow>> {
+    /// All non-deleted projects, served from the read cache.
+    async fn all_projects(&self) -> crate::Result<std::sync::Arc<Vec<ProjectRow>>> {
+        if let Some(rows) = self.inner.cache.project_rows() {
+            return Ok(rows);
+        }
+        let generation = self.inner.cache.generation();
+        let rows = std::sync::Arc::new(self.all_projects_uncached().await?);
+        self.inner.cache.put_project_rows(rows.clone(), generation);
+        Ok(rows)
+    }
+
+    async fn all_projects_uncached(&self) -> crate::Result<Vec<ProjectRow>> {
         let q = select_projects!("NOT deleted");
         let rows: Vec<RawProject> = sqlx::query_as(q).fetch_all(self.store().reader()).await?;
         Ok(rows.into_iter().map(ProjectRow::from).collect())
@@ -163,13 +174,23 @@ impl Engine {
     async fn member_project_ids(
         &self,
         user_id: &str,
-    ) -> crate::Result<std::collections::HashSet<String>> {
+    ) -> crate::Result<std::sync::Arc<std::collections::HashSet<String>>> {
+        if let Some(ids) = self.inner.cache.memberships(user_id) {
+            return Ok(ids);
+        }
+        let generation = self.inner.cache.generation();
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT project_id FROM members WHERE user_id = $1")
                 .bind(user_id)
                 .fetch_all(self.store().reader())
                 .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        let ids = std::sync::Arc::new(rows.into_iter().map(|r| r.0).collect());
+        self.inner.cache.put_memberships(
+            user_id.to_string(),
+            std::sync::Arc::clone(&ids),
+            generation,
+        );
+        Ok(ids)
     }
 
     /// Members with their user rows, in `member_num` order.
@@ -323,7 +344,8 @@ impl Engine {
         let mut visible: Vec<ProjectRow> = self
             .all_projects()
             .await?
-            .into_iter()
+            .iter()
+            .cloned()
             .filter(|p| {
                 me.global_role == GlobalRole::Admin
                     || joined.contains(&p.id)
@@ -362,7 +384,7 @@ impl Engine {
         let me = ctx.user()?;
         let joined = self.member_project_ids(&me.id).await?;
         let mut out = Vec::new();
-        let mut projects = self.all_projects().await?;
+        let mut projects: Vec<ProjectRow> = self.all_projects().await?.to_vec();
         projects.sort_by_key(|p| p.created_at);
         for p in projects {
             if joined.contains(&p.id) && !self.project_has_fleets(&p.id).await? {
@@ -372,9 +394,14 @@ impl Engine {
         to_json(&out)
     }
 
-    /// Whether the project has non-deleted fleets (none until the fleets work lands).
-    pub(crate) async fn project_has_fleets(&self, _project_id: &str) -> crate::Result<bool> {
-        Ok(false)
+    /// Whether the project has non-deleted fleets.
+    pub(crate) async fn project_has_fleets(&self, project_id: &str) -> crate::Result<bool> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM fleets WHERE project_id = $1 AND NOT deleted")
+                .bind(project_id)
+                .fetch_one(self.store().reader())
+                .await?;
+        Ok(n > 0)
     }
 
     pub(crate) async fn projects_create(
