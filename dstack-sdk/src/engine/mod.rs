@@ -6,11 +6,11 @@
 //! and the embedded client share one code path, one permission check and one error mapping.
 
 pub mod auth;
-mod read_cache;
 pub mod config;
 pub mod crypto;
 mod dispatch;
 pub mod pipelines;
+mod read_cache;
 pub mod services;
 pub mod ssh_deploy;
 pub mod startup;
