@@ -345,12 +345,12 @@ impl Engine {
             .all_projects()
             .await?
             .iter()
-            .cloned()
             .filter(|p| {
                 me.global_role == GlobalRole::Admin
                     || joined.contains(&p.id)
                     || (req.include_not_joined && p.is_public)
             })
+            .cloned()
             .collect();
         if let Some(pat) = req.name_pattern.as_deref().filter(|s| !s.is_empty()) {
             let pat = pat.to_lowercase();
