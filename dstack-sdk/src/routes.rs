@@ -175,6 +175,31 @@ route_table! {
     InstancesList => "/api/instances/list", Authenticated;
     /// `POST /api/project/{project}/instances/get`
     InstancesGet => "/api/project/{project}/instances/get", ProjectMember;
+
+    /// `POST /api/project/{project}/repos/list`
+    ReposList => "/api/project/{project}/repos/list", ProjectMember;
+    /// `POST /api/project/{project}/repos/get`
+    ReposGet => "/api/project/{project}/repos/get", ProjectMember;
+    /// `POST /api/project/{project}/repos/init`
+    ReposInit => "/api/project/{project}/repos/init", ProjectMember;
+    /// `POST /api/project/{project}/repos/delete`
+    ReposDelete => "/api/project/{project}/repos/delete", ProjectMember;
+
+    /// `POST /api/runs/list` (all projects the caller can see; keyset pagination)
+    RunsList => "/api/runs/list", Authenticated;
+    /// `POST /api/project/{project}/runs/get`
+    RunsGet => "/api/project/{project}/runs/get", ProjectMember;
+    /// `POST /api/project/{project}/runs/get_plan`
+    RunsGetPlan => "/api/project/{project}/runs/get_plan", ProjectMember;
+    /// `POST /api/project/{project}/runs/apply`
+    RunsApply => "/api/project/{project}/runs/apply", ProjectMember;
+    /// `POST /api/project/{project}/runs/stop`
+    RunsStop => "/api/project/{project}/runs/stop", ProjectMember;
+    /// `POST /api/project/{project}/runs/delete`
+    RunsDelete => "/api/project/{project}/runs/delete", ProjectMember;
+
+    /// `POST /api/project/{project}/logs/poll`
+    LogsPoll => "/api/project/{project}/logs/poll", ProjectMember;
 }
 
 impl RouteId {

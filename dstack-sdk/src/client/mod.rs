@@ -17,6 +17,7 @@ mod backends;
 mod fleets;
 mod instances;
 mod projects;
+mod runs;
 mod secrets;
 mod transport;
 mod users;
@@ -34,6 +35,7 @@ pub use backends::Backends;
 pub use fleets::{Fleets, fleet_spec};
 pub use instances::Instances;
 pub use projects::{Members, ProjectHandle, Projects};
+pub use runs::{Logs, Runs};
 pub use secrets::Secrets;
 pub use users::Users;
 

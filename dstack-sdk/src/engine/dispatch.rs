@@ -66,6 +66,19 @@ pub(crate) async fn call(
         InstancesList => engine.instances_list(&ctx, body).await,
         InstancesGet => engine.instances_get(&ctx, body).await,
 
+        ReposList => engine.repos_list(&ctx).await,
+        ReposGet => engine.repos_get(&ctx, body).await,
+        ReposInit => engine.repos_init(&ctx, body).await,
+        ReposDelete => engine.repos_delete(&ctx, body).await,
+
+        RunsList => engine.runs_list(&ctx, body).await,
+        RunsGet => engine.runs_get(&ctx, body).await,
+        RunsGetPlan => engine.runs_get_plan(&ctx, body).await,
+        RunsApply => engine.runs_apply(&ctx, body).await,
+        RunsStop => engine.runs_stop(&ctx, body).await,
+        RunsDelete => engine.runs_delete(&ctx, body).await,
+        LogsPoll => engine.logs_poll(&ctx, body).await,
+
         #[allow(unreachable_patterns)]
         _ => Err(Error::new(
             ErrorKind::Internal,

@@ -15,6 +15,8 @@
 
 pub(crate) mod fleets;
 pub(crate) mod instances;
+#[cfg(all(feature = "agent", feature = "http"))]
+pub(crate) mod jobs;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,6 +58,10 @@ pub enum PipelineKind {
     Fleets,
     /// `InstancePipeline`.
     Instances,
+    /// `JobPipeline` (submitted/provisioning/running/terminating jobs).
+    Jobs,
+    /// `RunPipeline`.
+    Runs,
 }
 
 /// Wake-up signals from API handlers to the fetchers, and the running pipeline tasks.
@@ -63,6 +69,8 @@ pub enum PipelineKind {
 pub(crate) struct Pipelines {
     fleets: Notify,
     instances: Notify,
+    jobs: Notify,
+    runs: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -71,6 +79,8 @@ impl Pipelines {
         match kind {
             PipelineKind::Fleets => &self.fleets,
             PipelineKind::Instances => &self.instances,
+            PipelineKind::Jobs => &self.jobs,
+            PipelineKind::Runs => &self.runs,
         }
     }
 }
@@ -132,10 +142,16 @@ impl Engine {
     /// Starts the background pipelines; [`Engine::open`] and [`Engine::in_memory`] call it
     /// once unless [`PipelineOptions::enabled`] is off.
     pub(crate) fn start_pipelines(&self) {
-        let handles = vec![
+        #[allow(unused_mut)]
+        let mut handles = vec![
             spawn_pipeline::<fleets::FleetPipeline>(self.clone()),
             spawn_pipeline::<instances::InstancePipeline>(self.clone()),
         ];
+        #[cfg(all(feature = "agent", feature = "http"))]
+        {
+            handles.push(spawn_pipeline::<jobs::JobPipeline>(self.clone()));
+            handles.push(spawn_pipeline::<jobs::RunPipeline>(self.clone()));
+        }
         if let Ok(mut tasks) = self.inner.pipelines.tasks.lock() {
             tasks.extend(handles);
         }

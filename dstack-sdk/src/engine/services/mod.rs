@@ -4,7 +4,10 @@
 pub mod backends;
 pub mod fleets;
 pub mod instances;
+pub mod logs;
 pub mod projects;
+pub mod repos;
+pub mod runs;
 pub mod secrets;
 pub mod users;
 

@@ -1,0 +1,683 @@
+//! `JobPipeline` and `RunPipeline` (dstack-api.md §4.1–4.2, §5.2–5.5), first slice for SSH
+//! fleets:
+//!
+//! * a **submitted** job gets the cheapest matching IDLE instance of the project's fleets
+//!   (the instance turns BUSY, the job `provisioning`), or fails with
+//!   `failed_to_start_due_to_no_capacity` when there is none;
+//! * a **provisioning** job is started through an SSH tunnel to the instance's agent: shim
+//!   task submit, runner submit and run (→ `running`);
+//! * a **running** job is pulled every tick; logs are stored per submission, and a final
+//!   runner state finishes the job (the shim task is removed, the instance is IDLE again);
+//! * a **terminating** job is stopped (shim terminate + remove) and finished;
+//! * a run's status follows its jobs; a stopped run terminates its jobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::agent::client::{RunnerClient, ShimClient};
+use crate::agent::protocol::runner::{JobState, SubmitBody};
+use crate::agent::protocol::shim::{TaskConfig, TerminateRequest};
+use crate::engine::services::instances::{InstanceRow, select_instances};
+use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db};
+use crate::engine::ssh_deploy::target_of;
+use crate::engine::{Engine, time};
+use crate::models::jobs::{JobStatus, JobTerminationReason};
+use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
+use crate::ssh::{ConnectOptions, SshConnection, Tunnel};
+use crate::{Error, ErrorKind};
+
+use super::{Lease, Pipeline, PipelineKind, db_before};
+
+/// The job pipeline.
+pub(crate) struct JobPipeline;
+/// The run pipeline.
+pub(crate) struct RunPipeline;
+
+/// Min interval between two ticks of one job or run.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+macro_rules! lease_impl {
+    ($table:literal, $cond:literal) => {
+        async fn claim(engine: &Engine, limit: i64, lease: &Lease) -> crate::Result<Vec<String>> {
+            let mut tx = engine.store().begin().await?;
+            let rows: Vec<(String,)> = sqlx::query_as(concat!(
+                "UPDATE ",
+                $table,
+                " SET lock_token = $1, lock_expires_at = $2, lock_owner = $3, \
+                 skip_min_processing_interval = FALSE \
+                 WHERE id IN (SELECT id FROM ",
+                $table,
+                " WHERE ",
+                $cond,
+                " \
+                   AND (lock_expires_at IS NULL OR lock_expires_at < $4) \
+                   AND (lock_owner IS NULL OR lock_owner = $3) \
+                   AND (skip_min_processing_interval = TRUE OR last_processed_at <= $5) \
+                   ORDER BY last_processed_at LIMIT $6) RETURNING id"
+            ))
+            .bind(&lease.token)
+            .bind(&lease.expires_at)
+            .bind(Self::NAME)
+            .bind(&lease.now)
+            .bind(db_before(MIN_INTERVAL))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
+
+        async fn heartbeat(
+            engine: &Engine,
+            id: &str,
+            token: &str,
+            expires_at: &str,
+        ) -> crate::Result<bool> {
+            let mut tx = engine.store().begin().await?;
+            let r = sqlx::query(concat!(
+                "UPDATE ",
+                $table,
+                " SET lock_expires_at = $1 WHERE id = $2 AND lock_token = $3"
+            ))
+            .bind(expires_at)
+            .bind(id)
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(r.rows_affected() == 1)
+        }
+    };
+}
+
+impl Pipeline for JobPipeline {
+    const NAME: &'static str = "JobPipeline";
+    const KIND: PipelineKind = PipelineKind::Jobs;
+
+    lease_impl!(
+        "jobs",
+        "status IN ('submitted', 'provisioning', 'pulling', 'running', 'terminating')"
+    );
+
+    async fn process(engine: Engine, id: String, token: String) {
+        let span = tracing::info_span!("job", %id);
+        if let Err(e) = process_job(&engine, &id, &token).instrument(span).await {
+            tracing::warn!(%id, error = %e, "job processing failed");
+        }
+        let _ = release(&engine, "jobs", &id, &token).await;
+    }
+}
+
+impl Pipeline for RunPipeline {
+    const NAME: &'static str = "RunPipeline";
+    const KIND: PipelineKind = PipelineKind::Runs;
+
+    lease_impl!(
+        "runs",
+        "deleted = FALSE AND status IN ('submitted', 'provisioning', 'running', 'terminating')"
+    );
+
+    async fn process(engine: Engine, id: String, token: String) {
+        let span = tracing::info_span!("run", %id);
+        if let Err(e) = process_run(&engine, &id).instrument(span).await {
+            tracing::warn!(%id, error = %e, "run processing failed");
+        }
+        let _ = release(&engine, "runs", &id, &token).await;
+    }
+}
+
+async fn release(engine: &Engine, table: &str, id: &str, token: &str) -> crate::Result<()> {
+    let sql = if table == "jobs" {
+        "UPDATE jobs SET lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL, \
+         last_processed_at = $1 WHERE id = $2 AND lock_token = $3"
+    } else {
+        "UPDATE runs SET lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL, \
+         last_processed_at = $1 WHERE id = $2 AND lock_token = $3"
+    };
+    let mut tx = engine.store().begin().await?;
+    sqlx::query(sql)
+        .bind(time::to_db(time::now()))
+        .bind(id)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn job_row(engine: &Engine, id: &str) -> crate::Result<Option<JobRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, run_id, job_num, replica_num, submission_num, deployment_num, \
+         submitted_at, last_processed_at, finished_at, status, termination_reason, \
+         termination_reason_message, exit_status, job_spec_data, job_provisioning_data, \
+         job_runtime_data, instance_id FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(engine.store().reader())
+    .await?)
+}
+
+async fn run_row(engine: &Engine, id: &str) -> crate::Result<Option<RunRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, project_id, user_id, run_name, submitted_at, last_processed_at, status, \
+         termination_reason, run_spec, deployment_num, deleted FROM runs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(engine.store().reader())
+    .await?)
+}
+
+async fn instance_row(engine: &Engine, id: &str) -> crate::Result<Option<InstanceRow>> {
+    Ok(sqlx::query_as(select_instances!("id = $1"))
+        .bind(id)
+        .fetch_optional(engine.store().reader())
+        .await?)
+}
+
+/// Sets a job's status (and optionally more columns through `extra`).
+async fn set_job_status(
+    engine: &Engine,
+    id: &str,
+    status: JobStatus,
+    reason: Option<JobTerminationReason>,
+    message: Option<&str>,
+    exit_status: Option<i64>,
+) -> crate::Result<()> {
+    let now = time::to_db(time::now());
+    let finished = status.is_finished().then(|| now.clone());
+    let mut tx = engine.store().begin().await?;
+    sqlx::query(
+        "UPDATE jobs SET status = $1, termination_reason = COALESCE($2, termination_reason), \
+         termination_reason_message = COALESCE($3, termination_reason_message), \
+         exit_status = COALESCE($4, exit_status), finished_at = COALESCE($5, finished_at), \
+         last_processed_at = $6 WHERE id = $7",
+    )
+    .bind(enum_to_db(status))
+    .bind(reason.map(JobTerminationReason::as_str))
+    .bind(message)
+    .bind(exit_status)
+    .bind(finished)
+    .bind(&now)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(job = %id, status = %status.as_str(), "job status changed");
+    engine.hint(PipelineKind::Runs);
+    Ok(())
+}
+
+/// Gives an instance back to its fleet (BUSY → IDLE).
+async fn release_instance(engine: &Engine, instance_id: &str) -> crate::Result<()> {
+    let mut tx = engine.store().begin().await?;
+    sqlx::query(
+        "UPDATE instances SET status = 'IDLE', busy_blocks = 0, last_processed_at = $1 \
+         WHERE id = $2 AND status = 'BUSY'",
+    )
+    .bind(time::to_db(time::now()))
+    .bind(instance_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// An SSH connection to an instance with tunnels to its shim and runner.
+struct AgentLink {
+    conn: Arc<SshConnection>,
+    _shim_tunnel: Tunnel,
+    _runner_tunnel: Tunnel,
+    shim: ShimClient,
+    runner: RunnerClient,
+}
+
+impl AgentLink {
+    async fn open(engine: &Engine, inst: &InstanceRow) -> crate::Result<Self> {
+        let rci = engine.remote_connection_info(inst)?.ok_or_else(|| {
+            Error::new(ErrorKind::Internal, "instance has no SSH connection info")
+        })?;
+        let ssh_err = |e: crate::ssh::SshError| Error::new(ErrorKind::Internal, e.to_string());
+        let opts = ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+            ..ConnectOptions::default()
+        };
+        let conn = SshConnection::connect(&target_of(&rci), &opts)
+            .await
+            .map_err(ssh_err)?;
+        let agent = &engine.inner.options.agent;
+        let shim_tunnel = conn
+            .forward_local("127.0.0.1", agent.shim_port)
+            .await
+            .map_err(ssh_err)?;
+        let runner_tunnel = conn
+            .forward_local("127.0.0.1", agent.runner_port)
+            .await
+            .map_err(ssh_err)?;
+        let agent_err =
+            |e: crate::agent::AgentError| Error::new(ErrorKind::Internal, e.to_string());
+        let shim =
+            ShimClient::new(&format!("http://{}", shim_tunnel.local_addr())).map_err(agent_err)?;
+        let runner = RunnerClient::new(&format!("http://{}", runner_tunnel.local_addr()))
+            .map_err(agent_err)?;
+        Ok(Self {
+            conn,
+            _shim_tunnel: shim_tunnel,
+            _runner_tunnel: runner_tunnel,
+            shim,
+            runner,
+        })
+    }
+
+    async fn close(self) {
+        drop(self._shim_tunnel);
+        drop(self._runner_tunnel);
+        self.conn.close().await;
+    }
+}
+
+fn agent_err(e: crate::agent::AgentError) -> Error {
+    Error::new(ErrorKind::Internal, e.to_string())
+}
+
+async fn process_job(engine: &Engine, id: &str, _token: &str) -> crate::Result<()> {
+    let Some(job) = job_row(engine, id).await? else {
+        return Ok(());
+    };
+    match job.status() {
+        JobStatus::Submitted => assign_instance(engine, &job).await,
+        JobStatus::Provisioning | JobStatus::Pulling => start_job(engine, &job).await,
+        JobStatus::Running => pull_job(engine, &job).await,
+        JobStatus::Terminating => terminate_job(engine, &job).await,
+        _ => Ok(()),
+    }
+}
+
+async fn assign_instance(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    let spec = job.spec()?;
+    let project_id: (String,) = sqlx::query_as("SELECT project_id FROM jobs WHERE id = $1")
+        .bind(&job.id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    let candidates = engine.idle_instances_for(&project_id.0, &spec).await?;
+    for (inst, _offer) in candidates {
+        let now = time::to_db(time::now());
+        let mut tx = engine.store().begin().await?;
+        let r = sqlx::query(
+            "UPDATE instances SET status = 'BUSY', busy_blocks = 1, last_processed_at = $1 \
+             WHERE id = $2 AND status = 'IDLE' AND deleted = FALSE",
+        )
+        .bind(&now)
+        .bind(&inst.id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE jobs SET status = $1, instance_id = $2, instance_assigned = TRUE, \
+             job_provisioning_data = $3, last_processed_at = $4, \
+             skip_min_processing_interval = TRUE WHERE id = $5",
+        )
+        .bind(enum_to_db(JobStatus::Provisioning))
+        .bind(&inst.id)
+        .bind(&inst.job_provisioning_data)
+        .bind(&now)
+        .bind(&job.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE runs SET fleet_id = $1 WHERE id = $2")
+            .bind(&inst.fleet_id)
+            .bind(&job.run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(job = %job.id, instance = %inst.name, "instance assigned");
+        engine.hint(PipelineKind::Runs);
+        return Ok(());
+    }
+    set_job_status(
+        engine,
+        &job.id,
+        JobStatus::Failed,
+        Some(JobTerminationReason::FailedToStartDueToNoCapacity),
+        Some("No matching fleet found"),
+        None,
+    )
+    .await
+}
+
+async fn job_instance(engine: &Engine, job: &JobRow) -> crate::Result<InstanceRow> {
+    let iid = job
+        .instance_id
+        .as_deref()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "job has no instance"))?;
+    instance_row(engine, iid)
+        .await?
+        .ok_or_else(Error::not_found)
+}
+
+async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    let inst = job_instance(engine, job).await?;
+    let run = run_row(engine, &job.run_id)
+        .await?
+        .ok_or_else(Error::not_found)?;
+    let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    let spec = job.spec()?;
+    let link = AgentLink::open(engine, &inst).await?;
+    let result = async {
+        let mut task = TaskConfig::new(
+            job.id.clone(),
+            spec.job_name.clone(),
+            spec.image_name.clone(),
+        );
+        task.privileged = spec.privileged;
+        link.shim.submit_task(&task).await.map_err(agent_err)?;
+        let body = json!({
+            "run": {
+                "id": run.id,
+                "run_spec": {
+                    "run_name": run.run_name,
+                    "repo_id": run_spec.repo_id.clone().unwrap_or_else(|| "none".into()),
+                    "repo_data": run_spec.repo_data.clone().map_or_else(
+                        || json!({"repo_type": "virtual"}),
+                        |d| serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
+                    ),
+                    "configuration": {"type": run_spec.configuration.kind()},
+                    "configuration_path": run_spec.configuration_path.clone().unwrap_or_default(),
+                },
+            },
+            "job_spec": spec,
+            "job_submission": {"id": job.id},
+            "secrets": {},
+        });
+        let body: SubmitBody = serde_json::from_value(body)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("submit body: {e}")))?;
+        link.runner.submit(&body).await.map_err(agent_err)?;
+        link.runner.run().await.map_err(agent_err)?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    link.close().await;
+    match result {
+        Ok(()) => set_job_status(engine, &job.id, JobStatus::Running, None, None, None).await,
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "starting the job failed");
+            set_job_status(
+                engine,
+                &job.id,
+                JobStatus::Failed,
+                Some(JobTerminationReason::ExecutorError),
+                Some(e.message()),
+                None,
+            )
+            .await?;
+            release_instance(engine, &inst.id).await
+        }
+    }
+}
+
+async fn store_logs(
+    engine: &Engine,
+    job: &JobRow,
+    source: &str,
+    logs: &[crate::agent::protocol::runner::LogEvent],
+) -> crate::Result<()> {
+    if logs.is_empty() {
+        return Ok(());
+    }
+    let project: (String,) = sqlx::query_as("SELECT project_id FROM jobs WHERE id = $1")
+        .bind(&job.id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    let mut tx = engine.store().begin().await?;
+    for l in logs {
+        sqlx::query(
+            "INSERT INTO job_logs (project_id, job_submission_id, log_source, timestamp_us, message) \
+             VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(&project.0)
+        .bind(&job.id)
+        .bind(source)
+        .bind(l.timestamp.saturating_mul(1000))
+        .bind(&l.message)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    let inst = job_instance(engine, job).await?;
+    let ts: (Option<i64>,) = sqlx::query_as("SELECT runner_timestamp FROM jobs WHERE id = $1")
+        .bind(&job.id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    let mut timestamp = ts.0.unwrap_or(0);
+    let link = AgentLink::open(engine, &inst).await?;
+    let mut final_state = None;
+    let result = async {
+        // `has_more` stays true while the job runs; pull again only while pages come full.
+        for _ in 0..20 {
+            let r = link.runner.pull(timestamp).await.map_err(agent_err)?;
+            let empty =
+                r.job_logs.is_empty() && r.runner_logs.is_empty() && r.job_states.is_empty();
+            store_logs(engine, job, "stdout", &r.job_logs).await?;
+            store_logs(engine, job, "runner", &r.runner_logs).await?;
+            if let Some(s) = r.job_states.iter().rev().find(|s| s.state.is_final()) {
+                final_state = Some(s.clone());
+            }
+            timestamp = r.last_updated.max(timestamp);
+            if !r.has_more.unwrap_or(false) {
+                break;
+            }
+            if empty {
+                if final_state.is_none() {
+                    break;
+                }
+                // Finished but the runner still has output to hand over: wait a little
+                // (bounded by the loop) so no trailing log lines are lost.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    let mut tx = engine.store().begin().await?;
+    sqlx::query("UPDATE jobs SET runner_timestamp = $1 WHERE id = $2")
+        .bind(timestamp)
+        .bind(&job.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if let Err(e) = result {
+        link.close().await;
+        return Err(e);
+    }
+    let Some(state) = final_state else {
+        link.close().await;
+        return Ok(());
+    };
+    let (status, reason) = match state.state {
+        JobState::Done => (JobStatus::Done, JobTerminationReason::DoneByRunner),
+        JobState::Terminated => (
+            JobStatus::Terminated,
+            JobTerminationReason::TerminatedByServer,
+        ),
+        _ => (
+            JobStatus::Failed,
+            JobTerminationReason::ContainerExitedWithError,
+        ),
+    };
+    stop_task(&link, &job.id, reason.as_str()).await;
+    link.close().await;
+    let message =
+        (!state.termination_message.is_empty()).then_some(state.termination_message.as_str());
+    set_job_status(
+        engine,
+        &job.id,
+        status,
+        Some(reason),
+        message,
+        state.exit_status.map(i64::from),
+    )
+    .await?;
+    release_instance(engine, &inst.id).await
+}
+
+async fn stop_task(link: &AgentLink, id: &str, reason: &str) {
+    let req = TerminateRequest {
+        termination_reason: reason.to_string(),
+        timeout: 10,
+        ..Default::default()
+    };
+    if let Err(e) = link.shim.terminate_task(id, &req).await {
+        tracing::debug!(job = %id, error = %e, "terminate task");
+    }
+    if let Err(e) = link.shim.remove_task(id).await {
+        tracing::debug!(job = %id, error = %e, "remove task");
+    }
+}
+
+async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    let reason = job
+        .termination_reason
+        .as_deref()
+        .and_then(JobTerminationReason::from_wire)
+        .unwrap_or(JobTerminationReason::TerminatedByUser);
+    if job.instance_id.is_some() {
+        let inst = job_instance(engine, job).await?;
+        match AgentLink::open(engine, &inst).await {
+            Ok(link) => {
+                let _ = link.runner.stop().await;
+                stop_task(&link, &job.id, reason.as_str()).await;
+                link.close().await;
+            }
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot reach the agent"),
+        }
+        release_instance(engine, &inst.id).await?;
+    }
+    set_job_status(
+        engine,
+        &job.id,
+        reason.to_status(),
+        Some(reason),
+        None,
+        None,
+    )
+    .await
+}
+
+async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
+    let Some(run) = run_row(engine, id).await? else {
+        return Ok(());
+    };
+    let status: RunStatus = enum_from_db(&run.status).unwrap_or(RunStatus::Failed);
+    let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, status, instance_id FROM jobs j WHERE run_id = $1 AND submission_num = \
+         (SELECT MAX(submission_num) FROM jobs k WHERE k.run_id = j.run_id \
+          AND k.job_num = j.job_num AND k.replica_num = j.replica_num)",
+    )
+    .bind(id)
+    .fetch_all(engine.store().reader())
+    .await?;
+    let statuses: Vec<JobStatus> = jobs
+        .iter()
+        .map(|(_, s, _)| enum_from_db(s).unwrap_or(JobStatus::Failed))
+        .collect();
+    let now = time::to_db(time::now());
+    let run_reason = run
+        .termination_reason
+        .as_deref()
+        .and_then(RunTerminationReason::from_wire);
+    let terminate_with = |reason: RunTerminationReason| reason.to_job_termination_reason();
+    let (new_status, new_reason) = if status == RunStatus::Terminating {
+        let reason = run_reason.unwrap_or(RunTerminationReason::StoppedByUser);
+        // Terminate the unfinished jobs; unassigned ones finish at once.
+        let job_reason = terminate_with(reason);
+        let mut tx = engine.store().begin().await?;
+        for ((jid, _, inst), st) in jobs.iter().zip(&statuses) {
+            if st.is_finished() || *st == JobStatus::Terminating {
+                continue;
+            }
+            let next = if inst.is_some() {
+                JobStatus::Terminating
+            } else {
+                job_reason.to_status()
+            };
+            sqlx::query(
+                "UPDATE jobs SET status = $1, termination_reason = $2, \
+                 finished_at = CASE WHEN $3 THEN $4 ELSE finished_at END, \
+                 skip_min_processing_interval = TRUE WHERE id = $5",
+            )
+            .bind(enum_to_db(next))
+            .bind(job_reason.as_str())
+            .bind(next.is_finished())
+            .bind(&now)
+            .bind(jid)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        engine.hint(PipelineKind::Jobs);
+        let all_done = jobs_all_finished(engine, id).await?;
+        if all_done {
+            (reason.to_status(), Some(reason))
+        } else {
+            (RunStatus::Terminating, Some(reason))
+        }
+    } else if statuses.iter().any(|s| {
+        matches!(
+            s,
+            JobStatus::Failed | JobStatus::Terminated | JobStatus::Aborted
+        )
+    }) {
+        let reason = RunTerminationReason::JobFailed;
+        if statuses.iter().all(|s| s.is_finished()) {
+            (reason.to_status(), Some(reason))
+        } else {
+            (RunStatus::Terminating, Some(reason))
+        }
+    } else if !statuses.is_empty() && statuses.iter().all(|s| *s == JobStatus::Done) {
+        (RunStatus::Done, Some(RunTerminationReason::AllJobsDone))
+    } else if statuses.contains(&JobStatus::Running) {
+        (RunStatus::Running, None)
+    } else if statuses
+        .iter()
+        .any(|s| matches!(s, JobStatus::Provisioning | JobStatus::Pulling))
+    {
+        (RunStatus::Provisioning, None)
+    } else {
+        (RunStatus::Submitted, None)
+    };
+    if new_status != status || new_reason != run_reason {
+        let mut tx = engine.store().begin().await?;
+        sqlx::query(
+            "UPDATE runs SET status = $1, termination_reason = $2, last_processed_at = $3 \
+             WHERE id = $4",
+        )
+        .bind(enum_to_db(new_status))
+        .bind(new_reason.map(RunTerminationReason::as_str))
+        .bind(&now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(run = %run.run_name, status = %new_status.as_str(), "run status changed");
+    }
+    Ok(())
+}
+
+async fn jobs_all_finished(engine: &Engine, run_id: &str) -> crate::Result<bool> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_all(engine.store().reader())
+        .await?;
+    Ok(rows
+        .iter()
+        .all(|(s,)| enum_from_db::<JobStatus>(s).is_some_and(JobStatus::is_finished)))
+}

@@ -1,0 +1,716 @@
+//! Runs (dstack-api.md §2.8): `get_plan`, `apply` (submit), `get`, `list`, `stop`, `delete`.
+//!
+//! A run row keeps its spec as JSON; each job submission is one `jobs` row with its
+//! [`JobSpec`]. Responses are assembled into dstack's [`Run`] shape with the derived fields
+//! (status messages, errors, cost) filled in.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::engine::auth::Ctx;
+use crate::engine::{Engine, time};
+use crate::models::configurations::RunConfiguration;
+use crate::models::jobs::{Job, JobProvisioningData, JobSpec, JobStatus, JobSubmission};
+use crate::models::offers::InstanceOfferWithAvailability;
+use crate::models::runs::{
+    ApplyRunPlanRequest, DeleteRunsRequest, GetRunPlanRequest, GetRunRequest, JobPlan,
+    ListRunsRequest, Run, RunPlan, RunSpec, RunStatus, RunTerminationReason, StopRunsRequest,
+};
+use crate::spec::resources::job_requirements;
+
+use super::instances::{InstanceRow, select_instances};
+use super::{parse_body, to_json};
+
+/// The default image (`dstackai/base:<version>-base-ubuntu<ubuntu>`).
+const DEFAULT_IMAGE: &str = "dstackai/base:0.16-base-ubuntu24.04";
+/// Where the repo is checked out when the spec does not say.
+const LEGACY_REPO_DIR: &str = "/workflow";
+
+/// A status as stored: its wire name.
+pub(crate) fn enum_to_db<T: serde::Serialize>(v: T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// A stored status back to its enum.
+pub(crate) fn enum_from_db<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_value(Value::String(s.to_string())).ok()
+}
+
+/// One `runs` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct RunRow {
+    pub(crate) id: String,
+    pub(crate) user_id: String,
+    pub(crate) run_name: String,
+    pub(crate) submitted_at: String,
+    pub(crate) last_processed_at: String,
+    pub(crate) status: String,
+    pub(crate) termination_reason: Option<String>,
+    pub(crate) run_spec: String,
+    pub(crate) deployment_num: i64,
+    pub(crate) deleted: bool,
+}
+
+/// `SELECT <run columns> FROM runs WHERE <cond>`.
+macro_rules! select_runs {
+    ($cond:literal) => {
+        concat!(
+            "SELECT id, project_id, user_id, run_name, submitted_at, last_processed_at, status, \
+             termination_reason, run_spec, deployment_num, deleted FROM runs WHERE ",
+            $cond
+        )
+    };
+}
+
+/// One `jobs` row (one submission).
+// Some columns are read only by the job pipeline (features `agent` + `http`).
+#[cfg_attr(not(all(feature = "agent", feature = "http")), allow(dead_code))]
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct JobRow {
+    pub(crate) id: String,
+    pub(crate) run_id: String,
+    pub(crate) job_num: i64,
+    pub(crate) replica_num: i64,
+    pub(crate) submission_num: i64,
+    pub(crate) deployment_num: i64,
+    pub(crate) submitted_at: String,
+    pub(crate) last_processed_at: String,
+    pub(crate) finished_at: Option<String>,
+    pub(crate) status: String,
+    pub(crate) termination_reason: Option<String>,
+    pub(crate) termination_reason_message: Option<String>,
+    pub(crate) exit_status: Option<i64>,
+    pub(crate) job_spec_data: String,
+    pub(crate) job_provisioning_data: Option<String>,
+    pub(crate) job_runtime_data: Option<String>,
+    pub(crate) instance_id: Option<String>,
+}
+
+/// `SELECT <job columns> FROM jobs WHERE <cond>`.
+macro_rules! select_jobs {
+    ($cond:literal) => {
+        concat!(
+            "SELECT id, run_id, job_num, replica_num, submission_num, deployment_num, \
+             submitted_at, last_processed_at, finished_at, status, termination_reason, \
+             termination_reason_message, exit_status, job_spec_data, job_provisioning_data, \
+             job_runtime_data, instance_id FROM jobs WHERE ",
+            $cond
+        )
+    };
+}
+
+impl JobRow {
+    /// The job status.
+    pub(crate) fn status(&self) -> JobStatus {
+        enum_from_db(&self.status).unwrap_or(JobStatus::Failed)
+    }
+
+    /// The job spec.
+    pub(crate) fn spec(&self) -> crate::Result<JobSpec> {
+        serde_json::from_str(&self.job_spec_data)
+            .map_err(|e| Error::new(crate::ErrorKind::Internal, format!("bad job spec: {e}")))
+    }
+
+    fn submission(&self) -> JobSubmission {
+        let ts = |s: &str| time::from_db(s).unwrap_or_default();
+        let jpd: Option<JobProvisioningData> = self
+            .job_provisioning_data
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        JobSubmission {
+            id: Uuid::parse_str(&self.id).unwrap_or_default(),
+            submission_num: self.submission_num,
+            deployment_num: self.deployment_num,
+            submitted_at: ts(&self.submitted_at),
+            last_processed_at: ts(&self.last_processed_at),
+            finished_at: self.finished_at.as_deref().and_then(time::from_db),
+            inactivity_secs: None,
+            status: self.status(),
+            status_message: String::new(),
+            termination_reason: self.termination_reason.clone(),
+            termination_reason_message: self.termination_reason_message.clone(),
+            exit_status: self.exit_status,
+            job_provisioning_data: jpd.map(JobProvisioningData::for_api),
+            job_runtime_data: self
+                .job_runtime_data
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok()),
+            error: None,
+            probes: Vec::new(),
+            image_pull_progress: None,
+        }
+    }
+}
+
+fn client_error(msg: impl Into<String>) -> Error {
+    Error::bad_request(msg)
+}
+
+/// The shell command list of a configuration (dstack's `JobConfigurator._commands`, without
+/// the base-image preamble, which the process executor does not need).
+fn job_commands(conf: &RunConfiguration) -> crate::Result<Vec<String>> {
+    let common = conf.common();
+    let shell_commands: Vec<String> = match conf {
+        RunConfiguration::Task(t) => t.commands.clone(),
+        RunConfiguration::Service(s) => s.commands.clone(),
+        RunConfiguration::DevEnvironment(d) => d.init.clone(),
+    };
+    let mut out = Vec::new();
+    if let Some(ep) = &common.entrypoint {
+        out.extend(ep.split_whitespace().map(str::to_string));
+        out.extend(shell_commands);
+    } else if !shell_commands.is_empty() {
+        let shell = match &common.shell {
+            Some(s) if s.starts_with('/') => s.clone(),
+            Some(s) => format!("/bin/{s}"),
+            None if common.image.is_none() => "/bin/bash".into(),
+            None => "/bin/sh".into(),
+        };
+        let joined: Vec<String> = shell_commands
+            .iter()
+            .map(|c| {
+                let c = c.trim();
+                if c.ends_with('&') {
+                    format!("{{ {c} }}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        out.extend([shell, "-i".into(), "-c".into(), joined.join(" && ")]);
+    }
+    if out.is_empty() {
+        return Err(client_error(
+            "Could not determine what command to run. \
+             Please specify either `commands` or `entrypoint` in your run configuration",
+        ));
+    }
+    Ok(out)
+}
+
+/// The job specs of replica 0 (one per node for multi-node tasks).
+pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
+    let conf = &run_spec.configuration;
+    let common = conf.common();
+    let profile = run_spec.merged_profile();
+    let nodes = match conf {
+        RunConfiguration::Task(t) => t.nodes.unwrap_or(1).max(1),
+        _ => 1,
+    };
+    let commands = job_commands(conf)?;
+    let run_name = run_spec.run_name.clone().unwrap_or_default();
+    let image = common
+        .image
+        .clone()
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+    let env: indexmap::IndexMap<String, String> = common
+        .env
+        .0
+        .iter()
+        .filter_map(|(k, v)| match v {
+            crate::models::common::EnvValue::Value(v) => Some((k.clone(), v.clone())),
+            crate::models::common::EnvValue::Sentinel(_) => None,
+        })
+        .collect();
+    let requirements = job_requirements(
+        &common.resources,
+        common.image.as_deref(),
+        &[],
+        &profile.params,
+        profile.params.reservation.as_deref(),
+        nodes,
+    );
+    let repo_dir = common
+        .repos
+        .first()
+        .map(|r| r.path.clone())
+        .or_else(|| run_spec.repo_dir.clone())
+        .unwrap_or_else(|| LEGACY_REPO_DIR.to_string());
+    let working_dir = common.working_dir.clone().map(|w| {
+        if w.starts_with('/') {
+            w
+        } else {
+            format!("{LEGACY_REPO_DIR}/{w}")
+        }
+    });
+    let mut spec = serde_json::json!({
+        "job_num": 0,
+        "job_name": "",
+        "commands": commands,
+        "env": env,
+        "home_dir": common.home_dir,
+        "image_name": image,
+        "privileged": common.privileged,
+        "single_branch": common.single_branch,
+        "requirements": requirements,
+        "working_dir": working_dir,
+        "repo_data": run_spec.repo_data,
+        "repo_code_hash": run_spec.repo_code_hash,
+        "repo_dir": repo_dir,
+        "file_archives": run_spec.file_archives,
+        "jobs_per_replica": nodes,
+    });
+    if let Some(d) = profile.params.max_duration.as_ref() {
+        spec["max_duration"] = serde_json::to_value(d).unwrap_or(Value::Null);
+        if !spec["max_duration"].is_i64() {
+            spec["max_duration"] = Value::Null;
+        }
+    }
+    let base: JobSpec = serde_json::from_value(spec)
+        .map_err(|e| Error::new(crate::ErrorKind::Internal, format!("job spec: {e}")))?;
+    Ok((0..nodes)
+        .map(|job_num| {
+            let mut s = base.clone();
+            s.job_num = job_num;
+            s.job_name = format!("{run_name}-{job_num}-0");
+            s
+        })
+        .collect())
+}
+
+/// Whether an instance's offer satisfies the job's resource requirements (CPU count, memory
+/// and GPU count ranges; a simplified form of offers.md §3.3).
+pub(crate) fn offer_fits(offer: &InstanceOfferWithAvailability, spec: &JobSpec) -> bool {
+    let res = &offer.instance.resources;
+    let want = &spec.requirements.resources;
+    let in_range = |v: i64, min: Option<i64>, max: Option<i64>| {
+        min.is_none_or(|m| v >= m) && max.is_none_or(|m| v <= m)
+    };
+    if !in_range(res.cpus, want.cpu.count.min, want.cpu.count.max) {
+        return false;
+    }
+    let mem_ok = want.memory.min.is_none_or(|m| res.memory_mib >= m.mib())
+        && want.memory.max.is_none_or(|m| res.memory_mib <= m.mib());
+    if !mem_ok {
+        return false;
+    }
+    let gpus = res.gpus.len() as i64;
+    match &want.gpu {
+        Some(g) => in_range(gpus, g.count.min, g.count.max),
+        None => true,
+    }
+}
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lucky",
+    "mighty", "nice", "proud", "quick", "shiny", "silly", "smart", "swift", "tender", "witty",
+];
+const NOUNS: &[&str] = &[
+    "ant", "bat", "cat", "dog", "eel", "fox", "goat", "hawk", "ibis", "jay", "koala", "lion",
+    "mole", "newt", "owl", "panda", "quail", "rat", "seal", "tiger",
+];
+
+impl Engine {
+    async fn run_row_by_name(&self, project_id: &str, name: &str) -> crate::Result<Option<RunRow>> {
+        Ok(sqlx::query_as(select_runs!(
+            "project_id = $1 AND run_name = $2 AND deleted = FALSE ORDER BY submitted_at DESC"
+        ))
+        .bind(project_id)
+        .bind(name)
+        .fetch_optional(self.store().reader())
+        .await?)
+    }
+
+    /// Assembles the API model of a run.
+    pub(crate) async fn run_model(
+        &self,
+        row: &RunRow,
+        project_name: &str,
+        submissions_limit: Option<usize>,
+    ) -> crate::Result<Run> {
+        let run_spec: RunSpec = serde_json::from_str(&row.run_spec)
+            .map_err(|e| Error::new(crate::ErrorKind::Internal, format!("bad run spec: {e}")))?;
+        let jobs: Vec<JobRow> = sqlx::query_as(select_jobs!(
+            "run_id = $1 ORDER BY replica_num, job_num, submission_num"
+        ))
+        .bind(&row.id)
+        .fetch_all(self.store().reader())
+        .await?;
+        let mut grouped: BTreeMap<(i64, i64), Vec<JobRow>> = BTreeMap::new();
+        for j in jobs {
+            grouped
+                .entry((j.replica_num, j.job_num))
+                .or_default()
+                .push(j);
+        }
+        let mut out_jobs = Vec::new();
+        for (_, subs) in grouped {
+            let Some(last) = subs.last() else { continue };
+            let mut job_spec = last.spec()?;
+            job_spec.strip_sensitive();
+            let mut job_submissions: Vec<JobSubmission> =
+                subs.iter().map(JobRow::submission).collect();
+            if let Some(limit) = submissions_limit {
+                let skip = job_submissions.len().saturating_sub(limit);
+                job_submissions.drain(..skip);
+            }
+            out_jobs.push(Job {
+                job_spec,
+                job_submissions,
+                job_connection_info: None,
+            });
+        }
+        let user = self
+            .user_by_id(&row.user_id)
+            .await?
+            .map(|u| u.name)
+            .unwrap_or_default();
+        let ts = |s: &str| time::from_db(s).unwrap_or_default();
+        let mut run = Run {
+            id: Uuid::parse_str(&row.id).unwrap_or_default(),
+            project_name: project_name.to_string(),
+            user,
+            fleet: None,
+            submitted_at: ts(&row.submitted_at),
+            last_processed_at: ts(&row.last_processed_at),
+            status: enum_from_db(&row.status).unwrap_or(RunStatus::Failed),
+            status_message: String::new(),
+            termination_reason: row.termination_reason.clone(),
+            run_spec,
+            jobs: out_jobs,
+            latest_job_submission: None,
+            cost: 0.0,
+            service: None,
+            deployment_num: row.deployment_num,
+            error: None,
+            deleted: Some(row.deleted),
+            next_triggered_at: None,
+        };
+        run.fill_derived_fields(time::now());
+        Ok(run)
+    }
+
+    /// IDLE instances of the project's fleets whose offers fit `spec`, cheapest first.
+    pub(crate) async fn idle_instances_for(
+        &self,
+        project_id: &str,
+        spec: &JobSpec,
+    ) -> crate::Result<Vec<(InstanceRow, InstanceOfferWithAvailability)>> {
+        let rows: Vec<InstanceRow> = sqlx::query_as(select_instances!(
+            "project_id = $1 AND deleted = FALSE AND status = 'IDLE' AND unreachable = FALSE \
+             AND fleet_id IS NOT NULL ORDER BY created_at"
+        ))
+        .bind(project_id)
+        .fetch_all(self.store().reader())
+        .await?;
+        let mut out: Vec<_> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let offer = r.offer()?;
+                offer_fits(&offer, spec).then_some((r, offer))
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.price.total_cmp(&b.1.price));
+        Ok(out)
+    }
+
+    pub(crate) async fn runs_get_plan(
+        &self,
+        ctx: &Ctx,
+        body: Option<Value>,
+    ) -> crate::Result<Value> {
+        let req: GetRunPlanRequest = parse_body(body)?;
+        let project = ctx.project()?;
+        let user = ctx.user()?;
+        let mut effective = req.run_spec.clone();
+        let current = match &effective.run_name {
+            Some(name) => self.run_row_by_name(&project.id, name).await?,
+            None => None,
+        };
+        if effective.run_name.is_none() {
+            effective.run_name = Some("dry-run".into());
+        }
+        let specs = job_specs(&effective)?;
+        let max_offers = req.max_offers.unwrap_or(50) as usize;
+        let mut job_plans = Vec::new();
+        for mut spec in specs {
+            let mut offers: Vec<InstanceOfferWithAvailability> = self
+                .idle_instances_for(&project.id, &spec)
+                .await?
+                .into_iter()
+                .map(|(_, mut o)| {
+                    o.availability = crate::models::offers::InstanceAvailability::Idle;
+                    o
+                })
+                .collect();
+            if req.reverse_offers {
+                offers.reverse();
+            }
+            let total = offers.len() as i64;
+            let max_price = offers.iter().map(|o| o.price).reduce(f64::max);
+            offers.truncate(max_offers);
+            spec.strip_sensitive();
+            job_plans.push(JobPlan {
+                job_spec: spec,
+                offers,
+                total_offers: total,
+                max_price,
+            });
+        }
+        if req.run_spec.run_name.is_none() {
+            effective.run_name = None;
+        }
+        let current_resource = match &current {
+            Some(r) => Some(self.run_model(r, &project.name, None).await?),
+            None => None,
+        };
+        let plan = RunPlan {
+            project_name: project.name.clone(),
+            user: user.name.clone(),
+            run_spec: req.run_spec,
+            effective_run_spec: Some(effective),
+            job_plans,
+            current_resource,
+            action: crate::models::common::ApplyAction::Create,
+        };
+        to_json(&plan)
+    }
+
+    async fn generate_run_name(&self, project_id: &str) -> crate::Result<String> {
+        let r = Uuid::new_v4().as_u128();
+        let base = format!(
+            "{}-{}",
+            ADJECTIVES[(r % ADJECTIVES.len() as u128) as usize],
+            NOUNS[((r >> 32) % NOUNS.len() as u128) as usize]
+        );
+        let mut idx = 1;
+        loop {
+            let name = format!("{base}-{idx}");
+            if self.run_row_by_name(project_id, &name).await?.is_none() {
+                return Ok(name);
+            }
+            idx += 1;
+        }
+    }
+
+    pub(crate) async fn runs_apply(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+        let req: ApplyRunPlanRequest = parse_body(body)?;
+        let project = ctx.project()?;
+        let user = ctx.user()?;
+        let mut run_spec = req.plan.run_spec;
+        if let Some(name) = &run_spec.run_name {
+            if !super::valid_name(name, 41) || name.contains('_') {
+                return Err(Error::validation(
+                    &["body", "plan", "run_spec", "run_name"],
+                    "Resource name should match regex '^[a-z][a-z0-9-]{1,40}$'",
+                ));
+            }
+            if let Some(existing) = self.run_row_by_name(&project.id, name).await? {
+                let status: RunStatus = enum_from_db(&existing.status).unwrap_or(RunStatus::Done);
+                if !status.is_finished() {
+                    return Err(client_error(
+                        "Cannot override active run. Stop the run first.",
+                    ));
+                }
+            }
+        } else {
+            run_spec.run_name = Some(self.generate_run_name(&project.id).await?);
+        }
+        let run_name = run_spec.run_name.clone().unwrap_or_default();
+        let repo_name = run_spec.repo_id.clone().unwrap_or_else(|| "none".into());
+        let repo_id = self.repo_row_id(&project.id, &repo_name).await?;
+        if repo_id.is_none() && repo_name != "none" {
+            return Err(client_error(format!("Repo {repo_name} does not exist")));
+        }
+        let specs = job_specs(&run_spec)?;
+        let now = time::to_db(time::now());
+        let run_id = Uuid::new_v4().to_string();
+        let spec_json = serde_json::to_string(&run_spec)
+            .map_err(|e| Error::new(crate::ErrorKind::Internal, e.to_string()))?;
+        let mut tx = self.store().begin().await?;
+        // A finished run of the same name is replaced (dstack deletes it first).
+        sqlx::query("UPDATE runs SET deleted = TRUE WHERE project_id = $1 AND run_name = $2")
+            .bind(&project.id)
+            .bind(&run_name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO runs (id, project_id, repo_id, user_id, run_name, submitted_at, \
+             last_processed_at, status, run_spec, priority) VALUES ($1,$2,$3,$4,$5,$6,$6,$7,$8,$9)",
+        )
+        .bind(&run_id)
+        .bind(&project.id)
+        .bind(&repo_id)
+        .bind(&user.id)
+        .bind(&run_name)
+        .bind(&now)
+        .bind(enum_to_db(RunStatus::Submitted))
+        .bind(spec_json)
+        .bind(run_spec.configuration.common().priority.unwrap_or(0))
+        .execute(&mut *tx)
+        .await?;
+        for spec in &specs {
+            let data = serde_json::to_string(spec)
+                .map_err(|e| Error::new(crate::ErrorKind::Internal, e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO jobs (id, project_id, run_id, run_name, job_num, job_name, replica_num, \
+                 submission_num, submitted_at, last_processed_at, status, job_spec_data) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$8,$9,$10)",
+            )
+            .bind(Uuid::new_v4().to_string())
+            .bind(&project.id)
+            .bind(&run_id)
+            .bind(&run_name)
+            .bind(spec.job_num)
+            .bind(&spec.job_name)
+            .bind(spec.replica_num)
+            .bind(&now)
+            .bind(enum_to_db(JobStatus::Submitted))
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(project = %project.name, run = %run_name, jobs = specs.len(), "run submitted");
+        self.hint(crate::engine::pipelines::PipelineKind::Jobs);
+        self.hint(crate::engine::pipelines::PipelineKind::Runs);
+        let row = self
+            .run_row_by_name(&project.id, &run_name)
+            .await?
+            .ok_or_else(Error::not_found)?;
+        to_json(&self.run_model(&row, &project.name, None).await?)
+    }
+
+    pub(crate) async fn runs_get(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+        let req: GetRunRequest = parse_body(body)?;
+        let project = ctx.project()?;
+        let row: Option<RunRow> = match (&req.id, &req.run_name) {
+            (Some(id), _) => {
+                sqlx::query_as(select_runs!("project_id = $1 AND id = $2"))
+                    .bind(&project.id)
+                    .bind(id.to_string())
+                    .fetch_optional(self.store().reader())
+                    .await?
+            }
+            (None, Some(name)) => self.run_row_by_name(&project.id, name).await?,
+            (None, None) => return Err(client_error("run_name or id must be specified")),
+        };
+        let row = row.ok_or_else(Error::not_found)?;
+        to_json(&self.run_model(&row, &project.name, None).await?)
+    }
+
+    pub(crate) async fn runs_list(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+        let req: ListRunsRequest = parse_body(body)?;
+        if req.limit > 100 {
+            return Err(Error::validation(
+                &["body", "limit"],
+                "Input should be less than or equal to 100",
+            ));
+        }
+        let mut projects = self.visible_project_ids(ctx).await?;
+        if let Some(name) = &req.project_name {
+            projects.retain(|(_, n)| n == name);
+        }
+        let mut rows: Vec<(RunRow, String, DateTime<Utc>)> = Vec::new();
+        for (pid, pname) in &projects {
+            let raw: Vec<RunRow> =
+                sqlx::query_as(select_runs!("project_id = $1 AND deleted = FALSE"))
+                    .bind(pid)
+                    .fetch_all(self.store().reader())
+                    .await?;
+            for r in raw {
+                if req.only_active {
+                    let st: RunStatus = enum_from_db(&r.status).unwrap_or(RunStatus::Done);
+                    if st.is_finished() {
+                        continue;
+                    }
+                }
+                if let Some(u) = &req.username {
+                    let name = self.user_by_id(&r.user_id).await?.map(|u| u.name);
+                    if name.as_deref() != Some(u.as_str()) {
+                        continue;
+                    }
+                }
+                let at = time::from_db(&r.submitted_at).unwrap_or_default();
+                rows.push((r, pname.clone(), at));
+            }
+        }
+        let page = super::paginate(
+            rows,
+            |(r, _, at)| (*at, r.id.clone()),
+            req.prev_submitted_at,
+            req.prev_run_id.map(|i| i.to_string()),
+            req.ascending,
+            req.limit as usize,
+        );
+        let limit = req.job_submissions_limit.map(|l| l as usize).or(Some(10));
+        let mut out = Vec::with_capacity(page.len());
+        for (r, pname, _) in &page {
+            let mut run = self.run_model(r, pname, limit).await?;
+            if !req.include_jobs {
+                run.jobs.clear();
+            }
+            out.push(run);
+        }
+        to_json(&out)
+    }
+
+    pub(crate) async fn runs_stop(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+        let req: StopRunsRequest = parse_body(body)?;
+        let project = ctx.project()?;
+        let reason = if req.abort {
+            RunTerminationReason::AbortedByUser
+        } else {
+            RunTerminationReason::StoppedByUser
+        };
+        let now = time::to_db(time::now());
+        let mut tx = self.store().begin().await?;
+        for name in &req.runs_names {
+            sqlx::query(
+                "UPDATE runs SET status = $1, termination_reason = $2, \
+                 skip_min_processing_interval = TRUE, last_processed_at = $3 \
+                 WHERE project_id = $4 AND run_name = $5 AND deleted = FALSE \
+                 AND status NOT IN ('terminated', 'failed', 'done', 'terminating')",
+            )
+            .bind(enum_to_db(RunStatus::Terminating))
+            .bind(reason.as_str())
+            .bind(&now)
+            .bind(&project.id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.hint(crate::engine::pipelines::PipelineKind::Runs);
+        Ok(Value::Null)
+    }
+
+    pub(crate) async fn runs_delete(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+        let req: DeleteRunsRequest = parse_body(body)?;
+        let project = ctx.project()?;
+        let mut active = Vec::new();
+        let mut ids = Vec::new();
+        for name in &req.runs_names {
+            if let Some(r) = self.run_row_by_name(&project.id, name).await? {
+                let st: RunStatus = enum_from_db(&r.status).unwrap_or(RunStatus::Done);
+                if st.is_finished() {
+                    ids.push(r.id);
+                } else {
+                    active.push(format!("'{}'", r.run_name));
+                }
+            }
+        }
+        if !active.is_empty() {
+            return Err(client_error(format!(
+                "Cannot delete active runs: [{}]",
+                active.join(", ")
+            )));
+        }
+        let mut tx = self.store().begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE runs SET deleted = TRUE WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Value::Null)
+    }
+}

@@ -1,0 +1,370 @@
+//! Runs on an SSH fleet end to end on loopback: an SSH fleet on a real `sshd` gets our own
+//! agent, then tasks are applied through the runs routes and the job/run pipelines drive
+//! them through the SSH tunnel to the agent (shim task + runner submit/run/pull).
+//!
+//! Same environment needs as `fleets_ssh.rs` (root, `/usr/sbin/sshd`, `sudo`, the user
+//! `dstack-test`; `scripts/sshd-test-env.sh` creates what is missing). Every wait is bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dstack_sdk::client::Client;
+use dstack_sdk::engine::{Engine, EngineOptions};
+use dstack_sdk::models::instances::{Instance, InstanceStatus};
+use dstack_sdk::models::logs::PollLogsRequest;
+use dstack_sdk::models::runs::{Run, RunSpec, RunStatus};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const SUDO_USER: &str = "dstack-test";
+
+fn ensure_env() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let user_ok = Command::new("id")
+            .arg("-u")
+            .arg(SUDO_USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let ready =
+            Path::new("/usr/sbin/sshd").exists() && Path::new("/run/sshd").is_dir() && user_ok;
+        if !ready {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sshd-test-env.sh");
+            let status = Command::new("bash").arg(&script).status().unwrap();
+            assert!(status.success(), "scripts/sshd-test-env.sh failed");
+        }
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A temp dir with a key, a running sshd and the agent's paths for this test.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    sshd: Option<Child>,
+    port: u16,
+    private_pem: String,
+    public_line: String,
+    agent_home: PathBuf,
+    agent_bin: PathBuf,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        ensure_env();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        set_mode(&dir, 0o755);
+        let keygen = |path: &Path| {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "runs-test", "-f"])
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        keygen(&dir.join("host_ed25519"));
+        keygen(&dir.join("client"));
+        let private_pem = std::fs::read_to_string(dir.join("client")).unwrap();
+        let public_line = std::fs::read_to_string(dir.join("client.pub"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let ak = dir.join("authorized_keys");
+        std::fs::create_dir(&ak).unwrap();
+        set_mode(&ak, 0o755);
+        std::fs::write(ak.join(SUDO_USER), format!("{public_line}\n")).unwrap();
+        set_mode(&ak.join(SUDO_USER), 0o644);
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n\
+                 PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys/%u\n\
+                 StrictModes no\nUsePAM no\nPubkeyAuthentication yes\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 AllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\n\
+                 Subsystem sftp /usr/lib/openssh/sftp-server\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let sshd = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+                let mut buf = [0u8; 4];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await
+                    && buf[..n].starts_with(b"SSH-")
+                {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "sshd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Fixture {
+            agent_home: dir.join("agent-home"),
+            agent_bin: dir.join("bin").join("dstack-agent"),
+            tmp,
+            sshd: Some(sshd),
+            port,
+            private_pem,
+            public_line,
+        }
+    }
+
+    async fn engine(&self) -> (Engine, Client) {
+        let mut o = EngineOptions::new(self.tmp.path().join("server"));
+        o.config_disabled = true;
+        o.pipelines.lease = Duration::from_secs(5);
+        o.pipelines.workers = 4;
+        o.agent.binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_dstack-server")));
+        o.agent.remote_path = self.agent_bin.display().to_string();
+        o.agent.home = self.agent_home.display().to_string();
+        o.agent.shim_port = free_port();
+        o.agent.runner_port = free_port();
+        o.agent.health_timeout = Duration::from_secs(30);
+        let (engine, info) = Engine::open(o).await.unwrap();
+        let client = Client::with_engine(engine.clone(), &info.admin_token);
+        (engine, client)
+    }
+
+    /// Kills this fixture's agent (by its pid file and binary path; only processes this test
+    /// started match that path).
+    fn kill_agent(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.agent_home.join("agent.pid")) {
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", pid.trim())])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let needle = self.agent_bin.display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill_agent();
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn wait_instance(
+    client: &Client,
+    limit: Duration,
+    done: impl Fn(&Instance) -> bool,
+) -> Instance {
+    let f = async {
+        loop {
+            let fleet = client.project("main").fleets().get("ssh").await.unwrap();
+            if let Some(i) = fleet.instances.first()
+                && done(i)
+            {
+                return i.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("instance did not reach the expected state in time")
+}
+
+async fn wait_run(
+    client: &Client,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(&Run) -> bool,
+) -> Run {
+    let f = async {
+        loop {
+            let run = client.project("main").runs().get(name).await.unwrap();
+            if done(&run) {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => {
+            let run = client.project("main").runs().get(name).await.unwrap();
+            panic!("run {name} did not reach the expected state in time: {run:#?}");
+        }
+    }
+}
+
+fn task(name: &str, commands: &[&str]) -> RunSpec {
+    serde_json::from_value(serde_json::json!({
+        "run_name": name,
+        "repo_id": "none",
+        "repo_data": {"repo_type": "virtual"},
+        "configuration": {
+            "type": "task",
+            "commands": commands,
+            "resources": {"cpu": "1..", "memory": "0.1GB..", "disk": "1GB.."},
+        },
+    }))
+    .unwrap()
+}
+
+async fn all_logs(client: &Client, run: &Run) -> String {
+    let sub = run.latest_job_submission.as_ref().unwrap();
+    let mut req = PollLogsRequest::new(run.run_spec.run_name.clone().unwrap(), sub.id);
+    req.limit = 2;
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let page = client.project("main").logs().poll(&req).await.unwrap();
+        for l in &page.logs {
+            out.extend(l.decode_message().unwrap());
+        }
+        match page.next_token {
+            Some(t) => req.next_token = Some(t),
+            None => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_runs_on_ssh_fleet_and_stops() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let fx = Fixture::new().await;
+        let (engine, client) = fx.engine().await;
+        let conf = serde_json::from_value(serde_json::json!({
+            "type": "fleet",
+            "name": "ssh",
+            "ssh_config": {
+                "user": SUDO_USER,
+                "port": fx.port,
+                "ssh_key": {"public": fx.public_line, "private": fx.private_pem},
+                "hosts": ["127.0.0.1"],
+            },
+        }))
+        .unwrap();
+        client
+            .project("main")
+            .fleets()
+            .apply_configuration(conf, false)
+            .await
+            .unwrap();
+        let inst = wait_instance(&client, Duration::from_secs(150), |i| {
+            i.status != InstanceStatus::Pending
+        })
+        .await;
+        assert_eq!(
+            inst.status,
+            InstanceStatus::Idle,
+            "{:?}",
+            inst.termination_reason_message
+        );
+
+        let runs = client.project("main").runs();
+        runs.init_virtual_repo().await.unwrap();
+        let spec = task("hello", &["echo hello", "python3 -c 'print(2+2)'"]);
+        let plan = runs.get_plan(&spec).await.unwrap();
+        assert_eq!(plan.job_plans.len(), 1);
+        assert_eq!(plan.job_plans[0].total_offers, 1, "{plan:#?}");
+
+        let run = runs.apply(&spec).await.unwrap();
+        assert_eq!(run.status, RunStatus::Submitted);
+        assert_eq!(run.jobs.len(), 1);
+        let err = runs.apply(&spec).await.unwrap_err();
+        assert!(
+            err.message().contains("Cannot override active run"),
+            "{err}"
+        );
+
+        let run = wait_run(&client, "hello", Duration::from_secs(90), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Done, "{run:#?}");
+        let sub = run.latest_job_submission.clone().unwrap();
+        assert_eq!(sub.exit_status, Some(0));
+        let logs = all_logs(&client, &run).await;
+        let h = logs.find("hello\n").expect(&logs);
+        let f = logs.find("\n4\n").expect(&logs);
+        assert!(h < f, "{logs}");
+        wait_instance(&client, Duration::from_secs(10), |i| {
+            i.status == InstanceStatus::Idle
+        })
+        .await;
+
+        // A long task is stopped: the run terminates and the instance is idle again.
+        runs.apply(&task("sleepy", &["sleep 600"])).await.unwrap();
+        wait_run(&client, "sleepy", Duration::from_secs(60), |r| {
+            r.status == RunStatus::Running
+        })
+        .await;
+        runs.stop(&["sleepy"], false).await.unwrap();
+        let run = wait_run(&client, "sleepy", Duration::from_secs(60), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Terminated, "{run:#?}");
+        assert_eq!(run.termination_reason.as_deref(), Some("stopped_by_user"));
+        wait_instance(&client, Duration::from_secs(10), |i| {
+            i.status == InstanceStatus::Idle
+        })
+        .await;
+
+        let listed = runs.list(false).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(runs.list(true).await.unwrap().is_empty());
+        runs.delete(&["hello"]).await.unwrap();
+        assert_eq!(runs.list(false).await.unwrap().len(), 1);
+        engine.stop_background();
+    })
+    .await
+    .expect("test timed out");
+}
