@@ -17,48 +17,7 @@ impl Pipeline for FleetPipeline {
     const NAME: &'static str = "FleetPipeline";
     const KIND: PipelineKind = PipelineKind::Fleets;
 
-    async fn claim(engine: &Engine, limit: i64, lease: &Lease) -> crate::Result<Vec<String>> {
-        let mut tx = engine.store().begin().await?;
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "UPDATE fleets SET lock_token = $1, lock_expires_at = $2, lock_owner = $3, \
-             skip_min_processing_interval = FALSE \
-             WHERE id IN (SELECT id FROM fleets \
-               WHERE deleted = FALSE AND status = 'TERMINATING' \
-               AND (lock_expires_at IS NULL OR lock_expires_at < $4) \
-               AND (lock_owner IS NULL OR lock_owner = $3) \
-               AND (skip_min_processing_interval = TRUE OR last_processed_at <= $5) \
-               ORDER BY last_processed_at LIMIT $6) \
-             RETURNING id",
-        )
-        .bind(&lease.token)
-        .bind(&lease.expires_at)
-        .bind(Self::NAME)
-        .bind(&lease.now)
-        .bind(db_before(MIN_INTERVAL))
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
-    async fn heartbeat(
-        engine: &Engine,
-        id: &str,
-        token: &str,
-        expires_at: &str,
-    ) -> crate::Result<bool> {
-        let mut tx = engine.store().begin().await?;
-        let r =
-            sqlx::query("UPDATE fleets SET lock_expires_at = $1 WHERE id = $2 AND lock_token = $3")
-                .bind(expires_at)
-                .bind(id)
-                .bind(token)
-                .execute(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected() == 1)
-    }
+    lease_impl!("fleets", "deleted = FALSE AND status = 'TERMINATING'");
 
     async fn process(engine: Engine, id: String, token: String) {
         if let Err(e) = process_one(&engine, &id, &token).await {
