@@ -18,6 +18,8 @@
 
 #[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "backends")]
+pub mod backends;
 #[cfg(any(feature = "client", feature = "engine"))]
 pub mod client;
 #[cfg(feature = "engine")]
