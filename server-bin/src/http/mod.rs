@@ -4,6 +4,7 @@
 //! dstack's shapes. There is no per-route code here.
 
 mod errors;
+mod proxy;
 mod server;
 mod version;
 
@@ -14,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use dstack_sdk::engine::Engine;
 use dstack_sdk::routes::{PathParams, ROUTES, RouteId};
 
@@ -51,6 +52,11 @@ pub fn router(state: AppState) -> Router {
             ),
         );
     }
+    let proxy_route = any(proxy::service).layer(DefaultBodyLimit::max(proxy::PROXY_BODY_LIMIT));
+    app = app
+        .route("/proxy/services/{project}/{run}", any(proxy::add_slash))
+        .route("/proxy/services/{project}/{run}/", proxy_route.clone())
+        .route("/proxy/services/{project}/{run}/{*path}", proxy_route);
     app.fallback(server::not_found)
         .layer(axum::middleware::from_fn(version::check_client_version))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -11,7 +11,6 @@
 //! * a **terminating** job is stopped (shim terminate + remove) and finished;
 //! * a run's status follows its jobs; a stopped run terminates its jobs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,14 +18,12 @@ use tracing::Instrument;
 
 use crate::agent::client::{RunnerClient, ShimClient};
 use crate::agent::protocol::runner::{JobState, SubmitBody};
-use crate::agent::protocol::shim::{TaskConfig, TerminateRequest};
+use crate::agent::protocol::shim::{TaskConfig, TaskStatus, TerminateRequest};
 use crate::engine::services::instances::{InstanceRow, select_instances};
 use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db};
-use crate::engine::ssh_deploy::target_of;
 use crate::engine::{Engine, time};
 use crate::models::jobs::{JobStatus, JobTerminationReason};
 use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
-use crate::ssh::{ConnectOptions, SshConnection, Tunnel};
 use crate::{Error, ErrorKind};
 
 use super::{Lease, Pipeline, PipelineKind, db_before};
@@ -171,57 +168,24 @@ async fn release_instance(engine: &Engine, instance_id: &str) -> crate::Result<(
     Ok(())
 }
 
-/// An SSH connection to an instance with tunnels to its shim and runner.
+/// Clients of an instance's shim and runner, through the engine's pooled tunnels.
 struct AgentLink {
-    conn: Arc<SshConnection>,
-    _shim_tunnel: Tunnel,
-    _runner_tunnel: Tunnel,
     shim: ShimClient,
     runner: RunnerClient,
 }
 
 impl AgentLink {
     async fn open(engine: &Engine, inst: &InstanceRow) -> crate::Result<Self> {
-        let rci = engine.remote_connection_info(inst)?.ok_or_else(|| {
-            Error::new(ErrorKind::Internal, "instance has no SSH connection info")
-        })?;
-        let ssh_err = |e: crate::ssh::SshError| Error::new(ErrorKind::Internal, e.to_string());
-        let opts = ConnectOptions {
-            connect_timeout: Duration::from_secs(10),
-            ..ConnectOptions::default()
-        };
-        let conn = SshConnection::connect(&target_of(&rci), &opts)
-            .await
-            .map_err(ssh_err)?;
         let agent = &engine.inner.options.agent;
-        let shim_tunnel = conn
-            .forward_local("127.0.0.1", agent.shim_port)
-            .await
-            .map_err(ssh_err)?;
-        let runner_tunnel = conn
-            .forward_local("127.0.0.1", agent.runner_port)
-            .await
-            .map_err(ssh_err)?;
-        let agent_err =
-            |e: crate::agent::AgentError| Error::new(ErrorKind::Internal, e.to_string());
-        let shim =
-            ShimClient::new(&format!("http://{}", shim_tunnel.local_addr())).map_err(agent_err)?;
-        let runner = RunnerClient::new(&format!("http://{}", runner_tunnel.local_addr()))
-            .map_err(agent_err)?;
-        Ok(Self {
-            conn,
-            _shim_tunnel: shim_tunnel,
-            _runner_tunnel: runner_tunnel,
-            shim,
-            runner,
-        })
+        let shim_addr = engine.instance_tunnel(inst, agent.shim_port).await?;
+        let runner_addr = engine.instance_tunnel(inst, agent.runner_port).await?;
+        let shim = ShimClient::new(&format!("http://{shim_addr}")).map_err(agent_err)?;
+        let runner = RunnerClient::new(&format!("http://{runner_addr}")).map_err(agent_err)?;
+        Ok(Self { shim, runner })
     }
 
-    async fn close(self) {
-        drop(self._shim_tunnel);
-        drop(self._runner_tunnel);
-        self.conn.close().await;
-    }
+    /// Nothing to tear down: the tunnels stay pooled for the next tick.
+    async fn close(self) {}
 }
 
 fn agent_err(e: crate::agent::AgentError) -> Error {
@@ -247,7 +211,15 @@ async fn assign_instance(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         .bind(&job.id)
         .fetch_one(engine.store().reader())
         .await?;
-    let candidates = engine.idle_instances_for(&project_id.0, &spec).await?;
+    let run = run_row(engine, &job.run_id)
+        .await?
+        .ok_or_else(Error::not_found)?;
+    let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    let profile = run_spec.merged_profile();
+    let candidates = engine
+        .idle_instances_for(&project_id.0, &spec, &profile)
+        .await?;
     for (inst, _offer) in candidates {
         let now = time::to_db(time::now());
         let mut tx = engine.store().begin().await?;
@@ -305,7 +277,13 @@ async fn job_instance(engine: &Engine, job: &JobRow) -> crate::Result<InstanceRo
         .ok_or_else(Error::not_found)
 }
 
+/// PROVISIONING → PULLING: submits the shim task with the keys that let the run's user in
+/// (dstack's `host_ssh_user`/`host_ssh_keys` for the host hop, `container_ssh_keys` for the
+/// job's own SSH endpoint).
 async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    if job.status() == JobStatus::Pulling {
+        return start_runner(engine, job).await;
+    }
     let inst = job_instance(engine, job).await?;
     let run = run_row(engine, &job.run_id)
         .await?
@@ -313,15 +291,87 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
     let spec = job.spec()?;
-    let link = AgentLink::open(engine, &inst).await?;
+    let project_key: Option<(String,)> = sqlx::query_as(
+        "SELECT p.ssh_public_key FROM projects p JOIN runs r ON r.project_id = p.id \
+             WHERE r.id = $1",
+    )
+    .bind(&run.id)
+    .fetch_optional(engine.store().reader())
+    .await?;
+    let user_key = run_spec
+        .ssh_key_pub
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let jpd: Option<serde_json::Value> = job
+        .job_provisioning_data
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok());
+    let host_user = jpd
+        .as_ref()
+        .and_then(|v| v.get("username"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let mut task = TaskConfig::new(
+        job.id.clone(),
+        spec.job_name.clone(),
+        spec.image_name.clone(),
+    );
+    task.privileged = spec.privileged;
+    task.container_ssh_keys = project_key
+        .iter()
+        .map(|(k,)| k.trim().to_string())
+        .chain(user_key.map(str::to_string))
+        .collect();
+    if let Some(k) = user_key {
+        task.host_ssh_user = host_user;
+        task.host_ssh_keys = vec![k.to_string()];
+    }
+    let link = match AgentLink::open(engine, &inst).await {
+        Ok(l) => l,
+        Err(e) => return agent_unreachable(engine, job, e).await,
+    };
+    let result = link.shim.submit_task(&task).await;
+    link.close().await;
+    match result {
+        Ok(_) => {}
+        // Submitted by an earlier tick whose write-back was lost: carry on.
+        Err(e) if e.http_status() == 409 => {}
+        Err(e) => return fail_start(engine, job, &inst, agent_err(e)).await,
+    }
+    set_job_status(engine, &job.id, JobStatus::Pulling, None, None, None).await
+}
+
+/// PULLING → RUNNING: once the shim task runs, records its port mapping and hands the job
+/// to the runner (submit + run).
+async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    let inst = job_instance(engine, job).await?;
+    let run = run_row(engine, &job.run_id)
+        .await?
+        .ok_or_else(Error::not_found)?;
+    let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    let spec = job.spec()?;
+    let link = match AgentLink::open(engine, &inst).await {
+        Ok(l) => l,
+        Err(e) => return agent_unreachable(engine, job, e).await,
+    };
     let result = async {
-        let mut task = TaskConfig::new(
-            job.id.clone(),
-            spec.job_name.clone(),
-            spec.image_name.clone(),
-        );
-        task.privileged = spec.privileged;
-        link.shim.submit_task(&task).await.map_err(agent_err)?;
+        let info = link.shim.get_task(&job.id).await.map_err(agent_err)?;
+        match info.status {
+            TaskStatus::Running => {}
+            TaskStatus::Terminated => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "the agent stopped the task: {} {}",
+                        info.termination_reason, info.termination_message
+                    ),
+                ));
+            }
+            _ => return Ok(None),
+        }
         let body = json!({
             "run": {
                 "id": run.id,
@@ -343,27 +393,103 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         let body: SubmitBody = serde_json::from_value(body)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("submit body: {e}")))?;
         link.runner.submit(&body).await.map_err(agent_err)?;
-        link.runner.run().await.map_err(agent_err)?;
-        Ok::<_, Error>(())
+        let job_info = link.runner.run().await.map_err(agent_err)?;
+        Ok(Some((info, job_info)))
     }
     .await;
     link.close().await;
     match result {
-        Ok(()) => set_job_status(engine, &job.id, JobStatus::Running, None, None, None).await,
-        Err(e) => {
-            tracing::warn!(job = %job.id, error = %e, "starting the job failed");
-            set_job_status(
-                engine,
-                &job.id,
-                JobStatus::Failed,
-                Some(JobTerminationReason::ExecutorError),
-                Some(e.message()),
-                None,
-            )
-            .await?;
-            release_instance(engine, &inst.id).await
+        Ok(None) => Ok(()),
+        Ok(Some((task, job_info))) => {
+            let ports: serde_json::Map<String, serde_json::Value> = task
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .map(|p| (p.container.to_string(), json!(p.host)))
+                .collect();
+            let host_user = job
+                .job_provisioning_data
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                .and_then(|v| v.get("username").and_then(|u| u.as_str()).map(String::from));
+            let username = job_info
+                .as_ref()
+                .map(|j| j.username.clone())
+                .filter(|u| !u.is_empty())
+                .or(host_user);
+            let working_dir = job_info.map(|j| j.working_dir).filter(|w| !w.is_empty());
+            let jrd = json!({
+                "network_mode": "host",
+                "gpu": null,
+                "cpu": null,
+                "memory": null,
+                "ports": (!ports.is_empty()).then_some(ports),
+                "volume_names": null,
+                "offer": null,
+                "working_dir": working_dir,
+                "username": username,
+            });
+            let mut tx = engine.store().begin().await?;
+            sqlx::query("UPDATE jobs SET job_runtime_data = $1 WHERE id = $2")
+                .bind(jrd.to_string())
+                .bind(&job.id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            set_job_status(engine, &job.id, JobStatus::Running, None, None, None).await
         }
+        Err(e) => fail_start(engine, job, &inst, e).await,
     }
+}
+
+/// How long a job may wait for an unreachable agent before it fails.
+const AGENT_WAIT_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// The agent could not be reached (SSH or tunnel): retried on later ticks, failed with
+/// `waiting_runner_limit_exceeded` after [`AGENT_WAIT_LIMIT`] in this state.
+async fn agent_unreachable(engine: &Engine, job: &JobRow, e: Error) -> crate::Result<()> {
+    let since = time::from_db(&job.submitted_at).unwrap_or_else(time::now);
+    let waited = (time::now() - since).to_std().unwrap_or_default();
+    tracing::warn!(job = %job.id, error = %e, "the host agent is unreachable");
+    if waited < AGENT_WAIT_LIMIT {
+        return Ok(());
+    }
+    let inst = job_instance(engine, job).await?;
+    set_job_status(
+        engine,
+        &job.id,
+        JobStatus::Failed,
+        Some(JobTerminationReason::WaitingRunnerLimitExceeded),
+        Some(&format!(
+            "The host agent did not answer for {} s: {}. Check that the host is up and \
+             reachable over SSH.",
+            AGENT_WAIT_LIMIT.as_secs(),
+            e.message()
+        )),
+        None,
+    )
+    .await?;
+    release_instance(engine, &inst.id).await
+}
+
+/// The agent refused the job: it fails with `executor_error` and the instance is released.
+async fn fail_start(
+    engine: &Engine,
+    job: &JobRow,
+    inst: &InstanceRow,
+    e: Error,
+) -> crate::Result<()> {
+    tracing::warn!(job = %job.id, error = %e, "starting the job failed");
+    set_job_status(
+        engine,
+        &job.id,
+        JobStatus::Failed,
+        Some(JobTerminationReason::ExecutorError),
+        Some(e.message()),
+        None,
+    )
+    .await?;
+    release_instance(engine, &inst.id).await
 }
 
 async fn store_logs(

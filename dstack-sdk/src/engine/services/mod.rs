@@ -6,6 +6,8 @@ pub mod fleets;
 pub mod instances;
 pub mod logs;
 pub mod projects;
+#[cfg(feature = "http")]
+pub mod proxy;
 pub mod repos;
 pub mod runs;
 pub mod secrets;

@@ -22,7 +22,7 @@ use crate::models::runs::{
 };
 use crate::spec::resources::job_requirements;
 
-use super::instances::{InstanceRow, select_instances};
+use super::instances::InstanceRow;
 use super::{parse_body, to_json};
 
 /// The default image (`dstackai/base:<version>-base-ubuntu<ubuntu>`).
@@ -105,6 +105,7 @@ macro_rules! select_jobs {
         )
     };
 }
+pub(crate) use select_jobs;
 
 impl JobRow {
     /// The job status.
@@ -275,27 +276,33 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
         .collect())
 }
 
-/// Whether an instance's offer satisfies the job's resource requirements (CPU count, memory
-/// and GPU count ranges; a simplified form of offers.md §3.3).
-pub(crate) fn offer_fits(offer: &InstanceOfferWithAvailability, spec: &JobSpec) -> bool {
-    let res = &offer.instance.resources;
-    let want = &spec.requirements.resources;
-    let in_range = |v: i64, min: Option<i64>, max: Option<i64>| {
-        min.is_none_or(|m| v >= m) && max.is_none_or(|m| v <= m)
-    };
-    if !in_range(res.cpus, want.cpu.count.min, want.cpu.count.max) {
-        return false;
+/// The service endpoint of a service run: the in-server proxy path (no gateway).
+fn service_spec(
+    conf: &RunConfiguration,
+    project: &str,
+    run_name: &str,
+) -> Option<crate::models::runs::ServiceSpec> {
+    matches!(conf, RunConfiguration::Service(_)).then(|| crate::models::runs::ServiceSpec {
+        url: format!("/proxy/services/{project}/{run_name}/"),
+        model: None,
+        options: serde_json::Map::new(),
+    })
+}
+
+/// dstack's default: a run without `ssh_key_pub` gets its user's public key (the CLI attaches
+/// with the matching private key from `users/get_my_user`).
+fn fill_ssh_key_pub(spec: &mut RunSpec, user: &super::users::UserRow) -> crate::Result<()> {
+    if spec.ssh_key_pub.is_none() {
+        match user.ssh_public_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(k) => spec.ssh_key_pub = Some(k.to_string()),
+            None => {
+                return Err(client_error(
+                    "ssh_key_pub must be set if the user has no ssh_public_key",
+                ));
+            }
+        }
     }
-    let mem_ok = want.memory.min.is_none_or(|m| res.memory_mib >= m.mib())
-        && want.memory.max.is_none_or(|m| res.memory_mib <= m.mib());
-    if !mem_ok {
-        return false;
-    }
-    let gpus = res.gpus.len() as i64;
-    match &want.gpu {
-        Some(g) => in_range(gpus, g.count.min, g.count.max),
-        None => true,
-    }
+    Ok(())
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -363,6 +370,7 @@ impl Engine {
             .map(|u| u.name)
             .unwrap_or_default();
         let ts = |s: &str| time::from_db(s).unwrap_or_default();
+        let run_spec_for_service = run_spec.configuration.clone();
         let mut run = Run {
             id: Uuid::parse_str(&row.id).unwrap_or_default(),
             project_name: project_name.to_string(),
@@ -377,7 +385,7 @@ impl Engine {
             jobs: out_jobs,
             latest_job_submission: None,
             cost: 0.0,
-            service: None,
+            service: service_spec(&run_spec_for_service, project_name, &row.run_name),
             deployment_num: row.deployment_num,
             error: None,
             deleted: Some(row.deleted),
@@ -387,28 +395,21 @@ impl Engine {
         Ok(run)
     }
 
-    /// IDLE instances of the project's fleets whose offers fit `spec`, cheapest first.
+    /// IDLE instances of the project's fleets whose offers fit `spec` and `profile`,
+    /// cheapest first.
     pub(crate) async fn idle_instances_for(
         &self,
         project_id: &str,
         spec: &JobSpec,
+        profile: &crate::models::profiles::Profile,
     ) -> crate::Result<Vec<(InstanceRow, InstanceOfferWithAvailability)>> {
-        let rows: Vec<InstanceRow> = sqlx::query_as(select_instances!(
-            "project_id = $1 AND deleted = FALSE AND status = 'IDLE' AND unreachable = FALSE \
-             AND fleet_id IS NOT NULL ORDER BY created_at"
-        ))
-        .bind(project_id)
-        .fetch_all(self.store().reader())
-        .await?;
-        let mut out: Vec<_> = rows
+        Ok(self
+            .instance_offers(project_id, spec, profile)
+            .await?
             .into_iter()
-            .filter_map(|r| {
-                let offer = r.offer()?;
-                offer_fits(&offer, spec).then_some((r, offer))
-            })
-            .collect();
-        out.sort_by(|a, b| a.1.price.total_cmp(&b.1.price));
-        Ok(out)
+            .filter(|c| c.offer.availability == crate::models::offers::InstanceAvailability::Idle)
+            .map(|c| (c.row, c.offer))
+            .collect())
     }
 
     pub(crate) async fn runs_get_plan(
@@ -420,6 +421,7 @@ impl Engine {
         let project = ctx.project()?;
         let user = ctx.user()?;
         let mut effective = req.run_spec.clone();
+        fill_ssh_key_pub(&mut effective, user)?;
         let current = match &effective.run_name {
             Some(name) => self.run_row_by_name(&project.id, name).await?,
             None => None,
@@ -430,27 +432,20 @@ impl Engine {
         let specs = job_specs(&effective)?;
         let max_offers = req.max_offers.unwrap_or(50) as usize;
         let mut job_plans = Vec::new();
+        let profile = effective.merged_profile();
         for mut spec in specs {
-            let mut offers: Vec<InstanceOfferWithAvailability> = self
-                .idle_instances_for(&project.id, &spec)
-                .await?
-                .into_iter()
-                .map(|(_, mut o)| {
-                    o.availability = crate::models::offers::InstanceAvailability::Idle;
-                    o
-                })
-                .collect();
+            let (mut offers, total) = self
+                .job_plan_offers(&project.id, &spec, &profile, max_offers, false)
+                .await?;
             if req.reverse_offers {
                 offers.reverse();
             }
-            let total = offers.len() as i64;
             let max_price = offers.iter().map(|o| o.price).reduce(f64::max);
-            offers.truncate(max_offers);
             spec.strip_sensitive();
             job_plans.push(JobPlan {
                 job_spec: spec,
                 offers,
-                total_offers: total,
+                total_offers: total as i64,
                 max_price,
             });
         }
@@ -495,6 +490,7 @@ impl Engine {
         let project = ctx.project()?;
         let user = ctx.user()?;
         let mut run_spec = req.plan.run_spec;
+        fill_ssh_key_pub(&mut run_spec, user)?;
         if let Some(name) = &run_spec.run_name {
             if !super::valid_name(name, 41) || name.contains('_') {
                 return Err(Error::validation(
