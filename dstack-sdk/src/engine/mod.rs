@@ -81,6 +81,12 @@ impl EngineOptions {
             o.user_project_quota = q;
         }
         o.pipelines.enabled = !env_flag("DSTACK_SERVER_BACKGROUND_PROCESSING_DISABLED");
+        if let Some(s) = std::env::var("DSTACK_SERVER_JOB_DISCONNECT_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            o.pipelines.job_disconnect_timeout = std::time::Duration::from_secs(s);
+        }
         o.agent = ssh_deploy::AgentDeployOptions::from_env();
         o
     }

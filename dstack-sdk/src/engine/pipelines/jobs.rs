@@ -530,7 +530,10 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         .fetch_one(engine.store().reader())
         .await?;
     let mut timestamp = ts.0.unwrap_or(0);
-    let link = AgentLink::open(engine, &inst).await?;
+    let link = match AgentLink::open(engine, &inst).await {
+        Ok(l) => l,
+        Err(e) => return job_disconnected(engine, job, &inst, e).await,
+    };
     let mut final_state = None;
     let result = async {
         // `has_more` stays true while the job runs; pull again only while pages come full.
@@ -560,15 +563,19 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     }
     .await;
     let mut tx = engine.store().begin().await?;
-    sqlx::query("UPDATE jobs SET runner_timestamp = $1 WHERE id = $2")
-        .bind(timestamp)
-        .bind(&job.id)
+    sqlx::query(
+        "UPDATE jobs SET runner_timestamp = $1, \
+         disconnected_at = CASE WHEN $2 THEN NULL ELSE disconnected_at END WHERE id = $3",
+    )
+    .bind(timestamp)
+    .bind(result.is_ok())
+    .bind(&job.id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
     if let Err(e) = result {
         link.close().await;
-        return Err(e);
+        return job_disconnected(engine, job, &inst, e).await;
     }
     let Some(state) = final_state else {
         link.close().await;
@@ -596,6 +603,60 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         Some(reason),
         message,
         state.exit_status.map(i64::from),
+    )
+    .await?;
+    release_instance(engine, &inst.id).await
+}
+
+async fn set_disconnected_at(engine: &Engine, id: &str, at: String) -> crate::Result<()> {
+    let mut tx = engine.store().begin().await?;
+    sqlx::query("UPDATE jobs SET disconnected_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A running job's agent did not answer: the first failure is recorded; once it lasts past
+/// the disconnect timeout the job fails with `instance_unreachable` and the instance is
+/// released (its own pipeline checks the host).
+async fn job_disconnected(
+    engine: &Engine,
+    job: &JobRow,
+    inst: &InstanceRow,
+    e: Error,
+) -> crate::Result<()> {
+    let since: (Option<String>,) =
+        sqlx::query_as("SELECT disconnected_at FROM jobs WHERE id = $1")
+            .bind(&job.id)
+            .fetch_one(engine.store().reader())
+            .await?;
+    let now = time::now();
+    let Some(since) = since.0.as_deref().and_then(time::from_db) else {
+        tracing::warn!(job = %job.id, instance = %inst.name, error = %e, "lost contact with the job's agent");
+        set_disconnected_at(engine, &job.id, time::to_db(now)).await?;
+        return Ok(());
+    };
+    let limit = engine.inner.options.pipelines.job_disconnect_timeout;
+    if (now - since).to_std().unwrap_or_default() < limit {
+        return Ok(());
+    }
+    set_job_status(
+        engine,
+        &job.id,
+        JobStatus::Failed,
+        Some(JobTerminationReason::InstanceUnreachable),
+        Some(&format!(
+            "The agent on {} has not answered for {} s ({}). Check that the host is up and \
+             that `dstack-agent` runs there; add `retry` to the configuration to resubmit \
+             automatically.",
+            inst.name,
+            limit.as_secs(),
+            e.message()
+        )),
+        None,
     )
     .await?;
     release_instance(engine, &inst.id).await
