@@ -349,6 +349,48 @@ resources:
     assert lines == [f"line-{i}" for i in range(1, 61)], logs
 
 
+def test_retry_resubmits_a_failed_job_after_the_backoff(server, fleet):
+    conf = write(server, "flaky.dstack.yml", """type: task
+name: flaky
+commands:
+  - echo attempt
+  - exit 3
+retry:
+  on_events: [error]
+  duration: 1h
+resources:
+  disk: 1GB..
+""")
+    cli(server, "apply", "-f", conf, "-y", "-d")
+    run = wait_run(server, "flaky", lambda r: r["status"] == "pending", 60)
+    first = run["jobs"][0]["job_submissions"][0]
+    assert first["status"] == "failed" and first["exit_status"] == 3
+    # dstack's first back-off is 15 s.
+    t0 = time.time()
+    run = wait_run(server, "flaky", lambda r: len(r["jobs"][0]["job_submissions"]) >= 2, 60)
+    assert time.time() - t0 > 5
+    assert run["jobs"][0]["job_submissions"][-1]["submission_num"] == 1
+    cli(server, "stop", "flaky", "-y")
+    run = wait_run(server, "flaky", lambda r: r["status"] in ("terminated", "failed", "done"), 60)
+    assert run["status"] == "terminated"
+
+
+def test_max_duration_stops_the_job(server, fleet):
+    conf = write(server, "long.dstack.yml", """type: task
+name: bounded
+commands:
+  - sleep 602
+max_duration: 4s
+resources:
+  disk: 1GB..
+""")
+    cli(server, "apply", "-f", conf, "-y", "-d")
+    run = wait_run(server, "bounded", lambda r: r["status"] in ("terminated", "failed", "done"), 60)
+    sub = run["jobs"][0]["job_submissions"][-1]
+    assert sub["termination_reason"] == "max_duration_exceeded", json.dumps(run)[:2000]
+    assert sub["status"] == "terminated"
+
+
 def test_agent_crash_fails_the_job_with_a_clear_message(server, fleet):
     conf = write(server, "crash.dstack.yml", """type: task
 name: crashy

@@ -20,9 +20,10 @@ use crate::agent::client::{RunnerClient, ShimClient};
 use crate::agent::protocol::runner::{JobState, SubmitBody};
 use crate::agent::protocol::shim::{TaskConfig, TaskStatus, TerminateRequest};
 use crate::engine::services::instances::{InstanceRow, select_instances};
-use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db};
+use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db, select_jobs};
 use crate::engine::{Engine, time};
 use crate::models::jobs::{JobStatus, JobTerminationReason};
+use crate::models::profiles::RetryEvent;
 use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
 use crate::{Error, ErrorKind};
 
@@ -60,7 +61,8 @@ impl Pipeline for RunPipeline {
 
     lease_impl!(
         "runs",
-        "deleted = FALSE AND status IN ('submitted', 'provisioning', 'running', 'terminating')"
+        "deleted = FALSE AND status IN ('pending', 'submitted', 'provisioning', 'running', \
+         'terminating')"
     );
 
     async fn process(engine: Engine, id: String, token: String) {
@@ -524,6 +526,24 @@ async fn store_logs(
 }
 
 async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    if let Some(max) = job.spec()?.max_duration.filter(|m| *m > 0) {
+        let age = time::from_db(&job.submitted_at).map(|t| (time::now() - t).num_seconds());
+        if age.is_some_and(|a| a > max) {
+            tracing::info!(job = %job.id, max, "max_duration exceeded; stopping the job");
+            let mut tx = engine.store().begin().await?;
+            sqlx::query(
+                "UPDATE jobs SET status = 'terminating', termination_reason = $1, \
+                 skip_min_processing_interval = TRUE WHERE id = $2 AND status = 'running'",
+            )
+            .bind(JobTerminationReason::MaxDurationExceeded.as_str())
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            engine.hint(PipelineKind::Jobs);
+            return Ok(());
+        }
+    }
     let inst = job_instance(engine, job).await?;
     let ts: (Option<i64>,) = sqlx::query_as("SELECT runner_timestamp FROM jobs WHERE id = $1")
         .bind(&job.id)
@@ -592,7 +612,7 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
             JobTerminationReason::ContainerExitedWithError,
         ),
     };
-    stop_task(&link, &job.id, reason.as_str()).await;
+    stop_task(&link, &job.id, reason.as_str(), 0).await;
     link.close().await;
     let message =
         (!state.termination_message.is_empty()).then_some(state.termination_message.as_str());
@@ -662,10 +682,10 @@ async fn job_disconnected(
     release_instance(engine, &inst.id).await
 }
 
-async fn stop_task(link: &AgentLink, id: &str, reason: &str) {
+async fn stop_task(link: &AgentLink, id: &str, reason: &str, timeout: u64) {
     let req = TerminateRequest {
         termination_reason: reason.to_string(),
-        timeout: 10,
+        timeout,
         ..Default::default()
     };
     if let Err(e) = link.shim.terminate_task(id, &req).await {
@@ -686,8 +706,19 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         let inst = job_instance(engine, job).await?;
         match AgentLink::open(engine, &inst).await {
             Ok(link) => {
+                // Graceful stop within `stop_duration` (dstack's default 5 min); an abort
+                // kills at once.
+                let grace = if reason == JobTerminationReason::AbortedByUser {
+                    0
+                } else {
+                    job.spec()
+                        .ok()
+                        .and_then(|s| s.stop_duration)
+                        .and_then(|d| u64::try_from(d).ok())
+                        .unwrap_or(0)
+                };
                 let _ = link.runner.stop().await;
-                stop_task(&link, &job.id, reason.as_str()).await;
+                stop_task(&link, &job.id, reason.as_str(), grace).await;
                 link.close().await;
             }
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot reach the agent"),
@@ -710,6 +741,23 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         return Ok(());
     };
     let status: RunStatus = enum_from_db(&run.status).unwrap_or(RunStatus::Failed);
+    if status == RunStatus::Pending {
+        return resubmit_when_due(engine, &run).await;
+    }
+    if status != RunStatus::Terminating && needs_retry(engine, &run).await? {
+        let mut tx = engine.store().begin().await?;
+        sqlx::query(
+            "UPDATE runs SET status = 'pending', resubmission_attempt = resubmission_attempt + 1, \
+             last_processed_at = $1 WHERE id = $2",
+        )
+        .bind(time::to_db(time::now()))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(run = %run.run_name, "a job failed; the run waits to be resubmitted by its retry policy");
+        return Ok(());
+    }
     let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT id, status, instance_id FROM jobs j WHERE run_id = $1 AND submission_num = \
          (SELECT MAX(submission_num) FROM jobs k WHERE k.run_id = j.run_id \
@@ -802,6 +850,144 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         tx.commit().await?;
         tracing::info!(run = %run.run_name, status = %new_status.as_str(), "run status changed");
     }
+    Ok(())
+}
+
+/// The latest submission of every job of a run.
+async fn latest_jobs(engine: &Engine, run_id: &str) -> crate::Result<Vec<JobRow>> {
+    Ok(sqlx::query_as(select_jobs!(
+        "run_id = $1 AND submission_num = (SELECT MAX(k.submission_num) FROM jobs k \
+         WHERE k.run_id = jobs.run_id AND k.job_num = jobs.job_num \
+         AND k.replica_num = jobs.replica_num) ORDER BY replica_num, job_num"
+    ))
+    .bind(run_id)
+    .fetch_all(engine.store().reader())
+    .await?)
+}
+
+/// Whether a failed latest submission of the run should be resubmitted (dstack's
+/// `_should_retry_job`): its termination reason maps to an event of the job's retry policy
+/// and the retry window has not passed — measured from the run's submission for
+/// `no-capacity` before the job ever got an instance, else from the last provisioned
+/// submission.
+async fn needs_retry(engine: &Engine, run: &RunRow) -> crate::Result<bool> {
+    let now = time::now();
+    let mut any = false;
+    for job in latest_jobs(engine, &run.id).await? {
+        let st = job.status();
+        let retryable_status = st == JobStatus::Failed
+            || (matches!(st, JobStatus::Terminated | JobStatus::Aborted)
+                && !matches!(
+                    job.termination_reason.as_deref(),
+                    Some("done_by_runner" | "scaled_down")
+                ));
+        if !retryable_status {
+            if st.is_finished() && st != JobStatus::Done {
+                return Ok(false);
+            }
+            continue;
+        }
+        let Some(reason) = job
+            .termination_reason
+            .as_deref()
+            .and_then(JobTerminationReason::from_wire)
+        else {
+            return Ok(false);
+        };
+        let Some(retry) = job.spec()?.retry else {
+            return Ok(false);
+        };
+        let Some(event) = reason.to_retry_event() else {
+            return Ok(false);
+        };
+        if !retry.on_events.contains(&event) {
+            return Ok(false);
+        }
+        let provisioned: Option<(String,)> = sqlx::query_as(
+            "SELECT last_processed_at FROM jobs WHERE run_id = $1 AND job_num = $2 \
+             AND replica_num = $3 AND job_provisioning_data IS NOT NULL \
+             ORDER BY submission_num DESC LIMIT 1",
+        )
+        .bind(&run.id)
+        .bind(job.job_num)
+        .bind(job.replica_num)
+        .fetch_optional(engine.store().reader())
+        .await?;
+        let since = match (&provisioned, event) {
+            (None, RetryEvent::NoCapacity) => time::from_db(&run.submitted_at),
+            (Some((at,)), _) => time::from_db(at),
+            (None, _) => return Ok(false),
+        };
+        let elapsed = since.map(|t| (now - t).num_seconds()).unwrap_or(i64::MAX);
+        if elapsed >= retry.duration {
+            return Ok(false);
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
+/// dstack's back-off between resubmissions of a pending run.
+fn retry_delay(attempt: i64) -> Duration {
+    const DELAYS: [u64; 6] = [15, 30, 60, 120, 300, 600];
+    let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(0);
+    Duration::from_secs(DELAYS[i.min(DELAYS.len() - 1)])
+}
+
+/// A PENDING run gets new submissions of its unfinished jobs once the back-off passed.
+async fn resubmit_when_due(engine: &Engine, run: &RunRow) -> crate::Result<()> {
+    let (attempt,): (i64,) = sqlx::query_as("SELECT resubmission_attempt FROM runs WHERE id = $1")
+        .bind(&run.id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    let jobs = latest_jobs(engine, &run.id).await?;
+    let last = jobs
+        .iter()
+        .filter_map(|j| time::from_db(&j.last_processed_at))
+        .max()
+        .unwrap_or_else(time::now);
+    let waited = (time::now() - last).to_std().unwrap_or_default();
+    if waited < retry_delay(attempt) {
+        return Ok(());
+    }
+    let now = time::to_db(time::now());
+    let mut tx = engine.store().begin().await?;
+    for j in jobs.iter().filter(|j| j.status() != JobStatus::Done) {
+        let (project_id, job_name): (String, String) =
+            sqlx::query_as("SELECT project_id, job_name FROM jobs WHERE id = $1")
+                .bind(&j.id)
+                .fetch_one(engine.store().reader())
+                .await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, project_id, run_id, run_name, job_num, job_name, replica_num, \
+             submission_num, deployment_num, submitted_at, last_processed_at, status, \
+             job_spec_data) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10,'submitted',$11)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&project_id)
+        .bind(&run.id)
+        .bind(&run.run_name)
+        .bind(j.job_num)
+        .bind(&job_name)
+        .bind(j.replica_num)
+        .bind(j.submission_num + 1)
+        .bind(j.deployment_num)
+        .bind(&now)
+        .bind(&j.job_spec_data)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE runs SET status = 'submitted', termination_reason = NULL, last_processed_at = $1 \
+         WHERE id = $2",
+    )
+    .bind(&now)
+    .bind(&run.id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(run = %run.run_name, attempt, "run resubmitted by its retry policy");
+    engine.hint(PipelineKind::Jobs);
     Ok(())
 }
 

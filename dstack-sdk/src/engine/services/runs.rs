@@ -264,6 +264,28 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
             spec["max_duration"] = Value::Null;
         }
     }
+    // dstack's `_stop_duration`: default 5 minutes, `off` means none.
+    spec["stop_duration"] = match profile.params.stop_duration.as_ref() {
+        None => Value::from(crate::models::profiles::DEFAULT_STOP_DURATION),
+        Some(crate::models::common::OffableDuration::Off) => Value::Null,
+        Some(crate::models::common::OffableDuration::Seconds(n)) => Value::from(*n),
+    };
+    // dstack's `get_retry`: `true` = every event for an hour; a policy fills its gaps.
+    spec["retry"] = match profile.params.retry.as_ref() {
+        None | Some(crate::models::profiles::Retry::Bool(false)) => Value::Null,
+        Some(crate::models::profiles::Retry::Bool(true)) => serde_json::json!({
+            "on_events": ["no-capacity", "interruption", "error"],
+            "duration": crate::models::profiles::DEFAULT_RETRY_DURATION,
+        }),
+        Some(crate::models::profiles::Retry::Policy(p)) => serde_json::json!({
+            "on_events": p.on_events.clone().unwrap_or_else(|| vec![
+                crate::models::profiles::RetryEvent::NoCapacity,
+                crate::models::profiles::RetryEvent::Interruption,
+                crate::models::profiles::RetryEvent::Error,
+            ]),
+            "duration": p.duration.unwrap_or(crate::models::profiles::DEFAULT_RETRY_DURATION),
+        }),
+    };
     let base: JobSpec = serde_json::from_value(spec)
         .map_err(|e| Error::new(crate::ErrorKind::Internal, format!("job spec: {e}")))?;
     Ok((0..nodes)
