@@ -156,12 +156,12 @@ fn client_error(msg: impl Into<String>) -> Error {
 
 /// The shell command list of a configuration (dstack's `JobConfigurator._commands`, without
 /// the base-image preamble, which the process executor does not need).
-fn job_commands(conf: &RunConfiguration) -> crate::Result<Vec<String>> {
+fn job_commands(conf: &RunConfiguration, run_name: &str) -> crate::Result<Vec<String>> {
     let common = conf.common();
     let shell_commands: Vec<String> = match conf {
         RunConfiguration::Task(t) => t.commands.clone(),
         RunConfiguration::Service(s) => s.commands.clone(),
-        RunConfiguration::DevEnvironment(d) => d.init.clone(),
+        RunConfiguration::DevEnvironment(d) => dev_environment_commands(d, conf, run_name),
     };
     let mut out = Vec::new();
     if let Some(ep) = &common.entrypoint {
@@ -196,6 +196,65 @@ fn job_commands(conf: &RunConfiguration) -> crate::Result<Vec<String>> {
     Ok(out)
 }
 
+/// dstack's `DevEnvironmentJobConfigurator._shell_commands`: IDE server install (VS Code
+/// with a pinned `version` only), ipykernel, setup, init, connection hints, then idle.
+fn dev_environment_commands(
+    d: &crate::models::configurations::DevEnvironmentConfiguration,
+    conf: &RunConfiguration,
+    run_name: &str,
+) -> Vec<String> {
+    use crate::models::configurations::Ide;
+    let mut out = Vec::new();
+    if let (Some(Ide::Vscode), Some(version)) = (d.ide, d.version.as_deref()) {
+        let target = format!("~/.vscode-server/bin/\"{version}\"");
+        out.extend([
+            r#"if [ $(uname -m) = "aarch64" ]; then arch="arm64"; else arch="x64"; fi"#.to_string(),
+            "mkdir -p /tmp".to_string(),
+            format!(
+                "wget -q --show-progress \"https://update.code.visualstudio.com/commit:{version}/server-linux-$arch/stable\" -O \"/tmp/vscode-server-linux-$arch.tar.gz\""
+            ),
+            format!("mkdir -vp {target}"),
+            format!(
+                "tar --no-same-owner -xz --strip-components=1 -C {target} -f \"/tmp/vscode-server-linux-$arch.tar.gz\""
+            ),
+            "rm \"/tmp/vscode-server-linux-$arch.tar.gz\"".to_string(),
+            format!(
+                "PATH=\"$PATH\":{target}/bin code-server --install-extension \"ms-python.python\" --install-extension \"ms-toolsai.jupyter\""
+            ),
+        ]);
+    }
+    out.push(
+        "(echo 'uv pip install ipykernel...' && uv pip install -q --no-cache-dir ipykernel 2> /dev/null) || \
+         (echo 'pip install ipykernel...' && pip install -q --no-cache-dir ipykernel 2> /dev/null) || \
+         echo 'no uv or pip found, ipykernel was not installed'"
+            .to_string(),
+    );
+    out.extend(conf.common().setup.iter().cloned());
+    out.push("echo".into());
+    out.extend(d.init.iter().cloned());
+    if let Some(ide) = d.ide {
+        let (name, url) = match ide {
+            Ide::Vscode => ("VS Code", format!("vscode://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR")),
+            Ide::Cursor => ("Cursor", format!("cursor://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR")),
+            Ide::Windsurf => ("Windsurf", format!("windsurf://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR")),
+            Ide::Zed => ("Zed", format!("zed://ssh/{run_name}$DSTACK_WORKING_DIR")),
+        };
+        out.extend([
+            format!("echo 'To open in {name}, use link below:'"),
+            "echo".into(),
+            format!("echo \"  {url}\""),
+            "echo".into(),
+        ]);
+    }
+    out.extend([
+        format!("echo 'To connect via SSH, use: `ssh {run_name}`'"),
+        "echo".into(),
+        "echo -n 'To exit, press Ctrl+C.'".into(),
+        "tail -f /dev/null".into(),
+    ]);
+    out
+}
+
 /// The job specs of replica 0 (one per node for multi-node tasks).
 pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
     let conf = &run_spec.configuration;
@@ -205,8 +264,8 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
         RunConfiguration::Task(t) => t.nodes.unwrap_or(1).max(1),
         _ => 1,
     };
-    let commands = job_commands(conf)?;
     let run_name = run_spec.run_name.clone().unwrap_or_default();
+    let commands = job_commands(conf, &run_name)?;
     let image = common
         .image
         .clone()
