@@ -200,6 +200,9 @@ route_table! {
 
     /// `POST /api/project/{project}/logs/poll`
     LogsPoll => "/api/project/{project}/logs/poll", ProjectMember;
+
+    /// `POST /api/project/{project}/gpus/list`
+    GpusList => "/api/project/{project}/gpus/list", ProjectMember;
 }
 
 impl RouteId {

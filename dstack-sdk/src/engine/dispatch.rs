@@ -78,6 +78,7 @@ pub(crate) async fn call(
         RunsStop => engine.runs_stop(&ctx, body).await,
         RunsDelete => engine.runs_delete(&ctx, body).await,
         LogsPoll => engine.logs_poll(&ctx, body).await,
+        GpusList => engine.gpus_list(&ctx, body).await,
 
         #[allow(unreachable_patterns)]
         _ => Err(Error::new(

@@ -3,6 +3,7 @@
 
 pub mod backends;
 pub mod fleets;
+pub mod gpus;
 pub mod instances;
 pub mod logs;
 pub mod projects;
