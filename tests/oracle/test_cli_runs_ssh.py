@@ -241,6 +241,29 @@ def test_task_attached_streams_logs_and_exits_zero(server, fleet):
     assert run_status(server, "hello-a")["status"] == "done"
 
 
+def test_files_are_uploaded_and_placed(server, fleet):
+    data = server["proj"] / "data"
+    data.mkdir(exist_ok=True)
+    (data / "note.txt").write_text("from-files\n")
+    target = server["dir"] / "placed" / "note2.txt"
+    conf = write(server, "files.dstack.yml", f"""type: task
+name: withfiles
+files:
+  - data
+  - data/note.txt:{target}
+commands:
+  - cat data/note.txt
+  - cat {target}
+resources:
+  disk: 1GB..
+""")
+    cli(server, "apply", "-f", conf, "-y", "-d")
+    run = wait_run(server, "withfiles", lambda r: r["status"] in ("done", "failed", "terminated"))
+    assert run["status"] == "done", json.dumps(run)[:2000]
+    lines = [l.strip() for l in cli(server, "logs", "withfiles").stdout.splitlines()]
+    assert lines.count("from-files") == 2
+
+
 def test_long_task_is_stopped(server, fleet):
     conf = write(server, "sleep.dstack.yml", """type: task
 name: sleeper

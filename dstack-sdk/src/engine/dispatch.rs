@@ -79,6 +79,9 @@ pub(crate) async fn call(
         RunsDelete => engine.runs_delete(&ctx, body).await,
         LogsPoll => engine.logs_poll(&ctx, body).await,
         GpusList => engine.gpus_list(&ctx, body).await,
+        ReposUploadCode => engine.repos_upload_code(&ctx, body).await,
+        FilesUploadArchive => engine.files_upload_archive(&ctx, body).await,
+        FilesGetArchiveByHash => engine.files_get_archive_by_hash(&ctx, body).await,
 
         #[allow(unreachable_patterns)]
         _ => Err(Error::new(

@@ -395,6 +395,27 @@ async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         let body: SubmitBody = serde_json::from_value(body)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("submit body: {e}")))?;
         link.runner.submit(&body).await.map_err(agent_err)?;
+        for fa in &spec.file_archives {
+            let id = fa.id.to_string();
+            let data = engine.file_archive_blob(&id).await?.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("file archive {id} for {} is gone; apply the run again", fa.path),
+                )
+            })?;
+            link.runner.upload_archive(&id, &data).await.map_err(agent_err)?;
+        }
+        let repo: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT repo_id FROM runs WHERE id = $1")
+                .bind(&run.id)
+                .fetch_optional(engine.store().reader())
+                .await?;
+        if let (Some(hash), Some(repo)) =
+            (spec.repo_code_hash.as_deref(), repo.and_then(|r| r.0).as_deref())
+            && let Some(code) = engine.code_blob(repo, hash).await?
+        {
+            link.runner.upload_code(code).await.map_err(agent_err)?;
+        }
         let job_info = link.runner.run().await.map_err(agent_err)?;
         Ok(Some((info, job_info)))
     }

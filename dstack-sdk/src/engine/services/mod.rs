@@ -2,6 +2,7 @@
 //! transaction, and return wire models.
 
 pub mod backends;
+pub mod files;
 pub mod fleets;
 pub mod gpus;
 pub mod instances;
