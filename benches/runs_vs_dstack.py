@@ -40,7 +40,7 @@ CATALOG = ROOT.parent / "shared/catalog/synthetic/synthetic_100k_seed42.tar.gz"
 if not CATALOG.exists():
     CATALOG = pathlib.Path("/work/shared/catalog/synthetic/synthetic_100k_seed42.tar.gz")
 TOKEN = "bench-token"
-N_FLEETS, HOSTS_PER_FLEET, N_RUNS = 10, 10, 1000
+N_FLEETS, HOSTS_PER_FLEET, N_RUNS = 10, 10, int(os.environ.get("N_RUNS", "1000"))
 RSS_FLEETS, RSS_HOSTS_PER_FLEET = 10, 100
 
 TASK = {
@@ -156,6 +156,19 @@ def _dstack_session(db):
     return engine, async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+def _batch_commits(session, every=200):
+    """The helpers commit after every object; commit every `every` calls instead (fast seeding)."""
+    real, n = session.commit, [0]
+
+    async def commit():
+        n[0] += 1
+        if n[0] % every == 0:
+            await real()
+
+    session.commit = commit
+    return real
+
+
 async def _main_project(session):
     from sqlalchemy import select
     from dstack._internal.server.models import ProjectModel
@@ -204,6 +217,7 @@ async def seed_dstack(db, blobs_path):
     blobs = json.loads(pathlib.Path(blobs_path).read_text())
     engine, Session = _dstack_session(db)
     async with Session() as session:
+        final_commit = _batch_commits(session)
         project = await _main_project(session)
         from sqlalchemy import select
         from dstack._internal.server.models import UserModel
@@ -215,6 +229,7 @@ async def seed_dstack(db, blobs_path):
         cloud = blobs["fleets"][-1]["body"]["plan"]["spec"]
         await t.create_fleet(session, project, spec=FleetSpec.model_validate(cloud))
         repo = await t.create_repo(session, project.id)
+        await session.flush()  # the repo's id
         spec = RunSpec.model_validate(blobs["apply"]["body"]["plan"]["run_spec"])
         t0 = datetime.now(timezone.utc) - timedelta(hours=2)
         for r in range(N_RUNS):
@@ -227,14 +242,17 @@ async def seed_dstack(db, blobs_path):
             for j in range(3):
                 await t.create_job(session, run, job_num=j, status=JobStatus.SUBMITTED, submitted_at=at,
                                    last_processed_at=at)
+        await final_commit()
     await engine.dispose()
 
 
 async def seed_dstack_instances(db):
     engine, Session = _dstack_session(db)
     async with Session() as session:
+        final_commit = _batch_commits(session)
         project = await _main_project(session)
         await _seed_ssh_fleets(session, project, RSS_FLEETS, RSS_HOSTS_PER_FLEET, "big-")
+        await final_commit()
     await engine.dispose()
 
 
@@ -375,15 +393,47 @@ def rss_kib(pid):
     return total
 
 
+def serve_catalog(catalog_dir, root):
+    """gpuhunt's v3 layout (`<provider>/version`, `<provider>/<version>/catalog.zip`) on a local
+    HTTP server, so that dstack's `gpuhunt.default_catalog()` loads the same CSVs into memory
+    once, as it does from S3 (with GPUHUNT_CATALOG_DIR gpuhunt still tries S3 first and then
+    re-parses the CSV on every query)."""
+    import functools
+    import http.server
+    import threading
+    import zipfile
+
+    version = "20260101-1"
+    for csv in pathlib.Path(catalog_dir).glob("*.csv"):
+        d = pathlib.Path(root) / csv.stem
+        (d / version).mkdir(parents=True, exist_ok=True)
+        (d / "version").write_text(version)
+        with zipfile.ZipFile(d / version / "catalog.zip", "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(csv, csv.name)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}"
+
+
 class Server:
-    def __init__(self, name, cmd, tmp, catalog_dir, background):
+    def __init__(self, name, cmd, tmp, catalog, background):
         self.name, self.cmd, self.tmp = name, cmd, tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, HOME=tmp, DSTACK_SERVER_DIR=tmp + "/server", DSTACK_SERVER_ADMIN_TOKEN=TOKEN,
                         DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT="1", DSTACK_SERVER_PORT=str(self.port),
                         DSTACK_SERVER_HOST="127.0.0.1", DSTACK_SERVER_LOG_LEVEL="warn",
-                        GPUHUNT_CATALOG_DIR=catalog_dir)
+                        # Otherwise a restart syncs backends with the default config.yml (deletes them).
+                        DSTACK_SERVER_CONFIG_DISABLED="1")
+        self.env.pop("GPUHUNT_CATALOG_DIR", None)
+        self.env.pop("GPUHUNT_CATALOG_URL", None)
+        # Ours loads the CSV directory once at startup; dstack loads the v3 HTTP layout once.
+        self.env["GPUHUNT_CATALOG_DIR" if name == "ours" else "GPUHUNT_CATALOG_URL"] = catalog[name]
         if not background:
             self.env["DSTACK_SERVER_BACKGROUND_PROCESSING_DISABLED"] = "1"
         self.db = tmp + "/server/data/sqlite.db"
@@ -442,6 +492,7 @@ def main():
     with tarfile.open(CATALOG) as tf:
         tf.extractall(work + "/catalog")
     catalog_dir = next(p.parent for p in pathlib.Path(work + "/catalog").rglob("aws.csv"))
+    catalog = {"ours": str(catalog_dir), "dstack": serve_catalog(catalog_dir, work + "/catalog-http")}
     blobs = json.loads(subprocess.run([vpy, __file__, "--gen"], capture_output=True, text=True, check=True).stdout)
     blobs_path = work + "/blobs.json"
     pathlib.Path(blobs_path).write_text(json.dumps(blobs))
@@ -457,7 +508,7 @@ def main():
     for name in ("ours", "dstack"):
         r = results[name] = {}
         tmp = tempfile.mkdtemp(prefix=f"{name}-", dir=work)
-        s = Server(name, cmds[name], tmp, str(catalog_dir), background=False)
+        s = Server(name, cmds[name], tmp, catalog, background=False)
         # 1. Seed.
         s.start()
         if name == "ours":
@@ -492,7 +543,7 @@ def main():
         s.stop()
         # 3. RSS with 1,000 instances, background processing on.
         tmp2 = tempfile.mkdtemp(prefix=f"{name}-rss-", dir=work)
-        s = Server(name, cmds[name], tmp2, str(catalog_dir), background=True).start()
+        s = Server(name, cmds[name], tmp2, catalog, background=True).start()
         try:
             check(post(s.url, "/api/instances/list", {}), "instances/list")
             time.sleep(3)

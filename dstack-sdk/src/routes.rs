@@ -110,6 +110,12 @@ route_table! {
     UsersRefreshToken => "/api/users/refresh_token", Authenticated;
     /// `POST /api/users/refresh_ssh_key`
     UsersRefreshSshKey => "/api/users/refresh_ssh_key", Authenticated;
+    /// `POST /api/users/public_keys/list`
+    UsersPublicKeysList => "/api/users/public_keys/list", Authenticated;
+    /// `POST /api/users/public_keys/add`
+    UsersPublicKeysAdd => "/api/users/public_keys/add", Authenticated;
+    /// `POST /api/users/public_keys/delete`
+    UsersPublicKeysDelete => "/api/users/public_keys/delete", Authenticated;
     /// `POST /api/users/delete`
     UsersDelete => "/api/users/delete", GlobalAdmin;
 

@@ -8,6 +8,7 @@ pub mod gpus;
 pub mod instances;
 pub mod logs;
 pub mod projects;
+pub mod public_keys;
 #[cfg(feature = "http")]
 pub mod proxy;
 pub mod repos;
