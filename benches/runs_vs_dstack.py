@@ -231,6 +231,20 @@ async def seed_dstack(db, blobs_path):
         repo = await t.create_repo(session, project.id)
         await session.flush()  # the repo's id
         spec = RunSpec.model_validate(blobs["apply"]["body"]["plan"]["run_spec"])
+        # create_job derives the job specs from the run spec each time (the slow part of
+        # seeding); derive them once for train-0 and rename, as the clone on our side does.
+        from dstack._internal.server.services.jobs import JobSpec
+        derive, cache = t.get_job_specs_from_run_spec, {}
+
+        async def job_specs(run_spec, **kw):
+            if "tpl" not in cache:
+                tpl = run_spec.model_copy(deep=True)
+                tpl.run_name = "train-0"
+                cache["tpl"] = [js.model_dump_json() for js in await derive(run_spec=tpl, **kw)]
+            return [JobSpec.model_validate_json(js.replace('"train-0', f'"{run_spec.run_name}'))
+                    for js in cache["tpl"]]
+
+        t.get_job_specs_from_run_spec = job_specs
         t0 = datetime.now(timezone.utc) - timedelta(hours=2)
         for r in range(N_RUNS):
             s = spec.model_copy(deep=True)
