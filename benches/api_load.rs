@@ -103,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
                             errors += 1;
                             let status = resp.status();
                             let text = resp.text().await.unwrap_or_default();
-                            last_error = Some(format!("{status}: {}", &text[..text.len().min(300)]));
+                            last_error =
+                                Some(format!("{status}: {}", &text[..text.len().min(300)]));
                         }
                         Err(e) => {
                             errors += 1;

@@ -388,7 +388,11 @@ async fn task_runs_on_ssh_fleet_and_stops() {
         let want: Vec<String> = (1..=20).map(|i| format!("n-{i}")).collect();
         assert_eq!(lines, want, "{text}");
         let done = runs
-            .wait_finished("counter", Duration::from_millis(200), Duration::from_secs(30))
+            .wait_finished(
+                "counter",
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+            )
             .await
             .unwrap();
         assert_eq!(done.status, RunStatus::Done);

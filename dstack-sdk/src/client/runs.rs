@@ -266,9 +266,7 @@ impl LogFollower {
             }
             // `start_time` is exclusive: ask from just before the last timestamp and skip
             // the events of that timestamp already handed out.
-            let start_time = self
-                .last_ts
-                .map(|t| t - chrono::Duration::microseconds(1));
+            let start_time = self.last_ts.map(|t| t - chrono::Duration::microseconds(1));
             let page = self
                 .logs
                 .poll(&PollLogsRequest {
@@ -282,7 +280,11 @@ impl LogFollower {
                     diagnose: false,
                 })
                 .await?;
-            let mut skip = if self.last_ts.is_some() { self.seen_at_last } else { 0 };
+            let mut skip = if self.last_ts.is_some() {
+                self.seen_at_last
+            } else {
+                0
+            };
             let mut got = false;
             for e in page.logs {
                 if skip > 0 && Some(e.timestamp) == self.last_ts {

@@ -99,7 +99,7 @@ fn choose_disk_mib(item_disk_gb: Option<f64>, req: &Requirements, backend: &str)
         .resources
         .disk
         .as_ref()
-        .map(|d| d.size.clone())
+        .map(|d| d.size)
         .unwrap_or(Range {
             min: Some(Memory(100.0)),
             max: None,

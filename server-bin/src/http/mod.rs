@@ -85,7 +85,7 @@ async fn handle(
     let body = if let Some(limit) = id.upload_limit() {
         match upload_body(&headers, &body, limit, query.get("repo_id").cloned()) {
             Ok(v) => Some(v),
-            Err(r) => return r,
+            Err(e) => return errors::render(&e).into_response(),
         }
     } else if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -111,23 +111,21 @@ fn upload_body(
     body: &[u8],
     limit: usize,
     repo_id: Option<String>,
-) -> Result<serde_json::Value, Response> {
+) -> Result<serde_json::Value, dstack_sdk::Error> {
     use base64::Engine as _;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let part = dstack_sdk::agent::multipart::decode_file_form(content_type, body).map_err(|e| {
-        errors::render(&dstack_sdk::Error::bad_request(format!(
+        dstack_sdk::Error::bad_request(format!(
             "Expected a multipart form with a `file` field: {e}"
-        )))
-        .into_response()
+        ))
     })?;
     if part.data.len() > limit {
-        return Err(errors::render(&dstack_sdk::Error::bad_request(format!(
+        return Err(dstack_sdk::Error::bad_request(format!(
             "Upload of {} bytes exceeds the limit of {limit} bytes",
             part.data.len()
-        )))
-        .into_response());
+        )));
     }
     Ok(serde_json::json!({
         "file_name": part.file_name,

@@ -400,19 +400,26 @@ async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
             let data = engine.file_archive_blob(&id).await?.ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
-                    format!("file archive {id} for {} is gone; apply the run again", fa.path),
+                    format!(
+                        "file archive {id} for {} is gone; apply the run again",
+                        fa.path
+                    ),
                 )
             })?;
-            link.runner.upload_archive(&id, &data).await.map_err(agent_err)?;
+            link.runner
+                .upload_archive(&id, &data)
+                .await
+                .map_err(agent_err)?;
         }
         let repo: Option<(Option<String>,)> =
             sqlx::query_as("SELECT repo_id FROM runs WHERE id = $1")
                 .bind(&run.id)
                 .fetch_optional(engine.store().reader())
                 .await?;
-        if let (Some(hash), Some(repo)) =
-            (spec.repo_code_hash.as_deref(), repo.and_then(|r| r.0).as_deref())
-            && let Some(code) = engine.code_blob(repo, hash).await?
+        if let (Some(hash), Some(repo)) = (
+            spec.repo_code_hash.as_deref(),
+            repo.and_then(|r| r.0).as_deref(),
+        ) && let Some(code) = engine.code_blob(repo, hash).await?
         {
             link.runner.upload_code(code).await.map_err(agent_err)?;
         }
@@ -611,8 +618,8 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     .bind(timestamp)
     .bind(result.is_ok())
     .bind(&job.id)
-        .execute(&mut *tx)
-        .await?;
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     if let Err(e) = result {
         link.close().await;
@@ -669,11 +676,10 @@ async fn job_disconnected(
     inst: &InstanceRow,
     e: Error,
 ) -> crate::Result<()> {
-    let since: (Option<String>,) =
-        sqlx::query_as("SELECT disconnected_at FROM jobs WHERE id = $1")
-            .bind(&job.id)
-            .fetch_one(engine.store().reader())
-            .await?;
+    let since: (Option<String>,) = sqlx::query_as("SELECT disconnected_at FROM jobs WHERE id = $1")
+        .bind(&job.id)
+        .fetch_one(engine.store().reader())
+        .await?;
     let now = time::now();
     let Some(since) = since.0.as_deref().and_then(time::from_db) else {
         tracing::warn!(job = %job.id, instance = %inst.name, error = %e, "lost contact with the job's agent");

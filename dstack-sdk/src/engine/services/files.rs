@@ -100,7 +100,10 @@ impl Engine {
             .repo_row_id(&project.id, repo_name)
             .await?
             .ok_or_else(|| {
-                Error::new(ErrorKind::NotFound, format!("Repo {repo_name} does not exist"))
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("Repo {repo_name} does not exist"),
+                )
             })?;
         let mut tx = self.store().begin().await?;
         sqlx::query(
@@ -119,10 +122,11 @@ impl Engine {
 
     /// The stored archive `id` (for the runner upload).
     pub(crate) async fn file_archive_blob(&self, id: &str) -> crate::Result<Option<Vec<u8>>> {
-        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT blob FROM file_archives WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.store().reader())
-            .await?;
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT blob FROM file_archives WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.store().reader())
+                .await?;
         Ok(row.map(|r| r.0))
     }
 

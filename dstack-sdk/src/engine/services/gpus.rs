@@ -98,12 +98,18 @@ fn backend_gpus(offers: &[InstanceOfferWithAvailability]) -> Vec<BackendGpus> {
         .filter_map(|b| {
             let (mut gpus, regions) = data.remove(&b)?;
             gpus.sort_by(|x, y| {
-                (!x.availability.is_available(), &x.vendor, &x.name, x.memory_mib).cmp(&(
-                    !y.availability.is_available(),
-                    &y.vendor,
-                    &y.name,
-                    y.memory_mib,
-                ))
+                (
+                    !x.availability.is_available(),
+                    &x.vendor,
+                    &x.name,
+                    x.memory_mib,
+                )
+                    .cmp(&(
+                        !y.availability.is_available(),
+                        &y.vendor,
+                        &y.name,
+                        y.memory_mib,
+                    ))
             });
             Some(BackendGpus {
                 backend: b,
@@ -174,7 +180,14 @@ fn group_gpus(
     by_region: bool,
     by_count: bool,
 ) -> Vec<GpuGroup> {
-    type Key = (String, i64, String, Option<String>, Option<String>, Option<i64>);
+    type Key = (
+        String,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    );
     let mut order: Vec<Key> = Vec::new();
     let mut rows: HashMap<Key, GpuGroup> = HashMap::new();
     for b in backend_gpus(offers) {
@@ -264,7 +277,10 @@ fn group_cpus(
     type Key = (Option<String>, Option<String>, Option<i64>);
     let mut order: Vec<Key> = Vec::new();
     let mut groups: HashMap<Key, Vec<&InstanceOfferWithAvailability>> = HashMap::new();
-    for o in offers.iter().filter(|o| o.instance.resources.gpus.is_empty()) {
+    for o in offers
+        .iter()
+        .filter(|o| o.instance.resources.gpus.is_empty())
+    {
         let key = (
             by_backend.then(|| o.backend.as_str().to_string()),
             by_region.then(|| o.region.clone()),
@@ -305,7 +321,12 @@ fn group_cpus(
         }
         let archs: BTreeSet<String> = group
             .iter()
-            .filter_map(|o| o.instance.resources.cpu_arch.map(|a| a.as_str().to_string()))
+            .filter_map(|o| {
+                o.instance
+                    .resources
+                    .cpu_arch
+                    .map(|a| a.as_str().to_string())
+            })
             .collect();
         let spots: BTreeSet<&str> = group
             .iter()

@@ -8,9 +8,9 @@ pub mod gpus;
 pub mod instances;
 pub mod logs;
 pub mod projects;
-pub mod public_keys;
 #[cfg(feature = "http")]
 pub mod proxy;
+pub mod public_keys;
 pub mod repos;
 pub mod runs;
 pub mod secrets;

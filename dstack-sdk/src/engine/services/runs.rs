@@ -234,9 +234,18 @@ fn dev_environment_commands(
     out.extend(d.init.iter().cloned());
     if let Some(ide) = d.ide {
         let (name, url) = match ide {
-            Ide::Vscode => ("VS Code", format!("vscode://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR")),
-            Ide::Cursor => ("Cursor", format!("cursor://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR")),
-            Ide::Windsurf => ("Windsurf", format!("windsurf://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR")),
+            Ide::Vscode => (
+                "VS Code",
+                format!("vscode://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR"),
+            ),
+            Ide::Cursor => (
+                "Cursor",
+                format!("cursor://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR"),
+            ),
+            Ide::Windsurf => (
+                "Windsurf",
+                format!("windsurf://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR"),
+            ),
             Ide::Zed => ("Zed", format!("zed://ssh/{run_name}$DSTACK_WORKING_DIR")),
         };
         out.extend([
