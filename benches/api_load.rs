@@ -103,8 +103,8 @@ async fn main() -> anyhow::Result<()> {
                             errors += 1;
                             let status = resp.status();
                             let text = resp.text().await.unwrap_or_default();
-                            last_error =
-                                Some(format!("{status}: {}", &text[..text.len().min(300)]));
+                            let text: String = text.chars().take(300).collect();
+                            last_error = Some(format!("{status}: {text}"));
                         }
                         Err(e) => {
                             errors += 1;

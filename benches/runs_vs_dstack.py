@@ -11,7 +11,7 @@ are cloned with sqlite3; dstack's through its own test helpers
 (`dstack._internal.server.testing.common`). The request bodies are the ones the dstack
 0.22.5 Python client builds (`dstack apply`, `dstack offer`, `dstack ps`, `dstack ps -a`).
 
-Then: closed-loop load (benches/api_load.rs, 50 concurrent clients, 5 s per route), and RSS
+Then: closed-loop load (benches/api_load.rs, 1 and then 50 concurrent clients, 5 s per route), and RSS
 with 1,000 instances: a fresh server with background processing ON, VmRSS before and after
 1,000 IDLE SSH instances (10 fleets x 100) are written into its database and listed once.
 
@@ -34,7 +34,8 @@ import urllib.request
 import uuid
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONC = int(os.environ.get("CONCURRENCY", "50"))
+# Closed-loop clients: 1 (the latency of one request) and 50 (the shared-load figure).
+CONCS = [int(c) for c in os.environ.get("CONCURRENCY", "1,50").split(",")]
 SECS = int(os.environ.get("SECONDS_PER_ROUTE", "5"))
 CATALOG = ROOT.parent / "shared/catalog/synthetic/synthetic_100k_seed42.tar.gz"
 if not CATALOG.exists():
@@ -480,9 +481,12 @@ def check(status_body, what):
 
 def load(target, url, routes):
     spec = json.dumps(routes)
-    out = subprocess.run([str(target / "examples" / "api_load"), url, TOKEN, str(CONC), str(SECS), spec],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    res = {}
+    for conc in CONCS:
+        out = subprocess.run([str(target / "examples" / "api_load"), url, TOKEN, str(conc), str(SECS), spec],
+                             capture_output=True, text=True, check=True)
+        res.update({f"{k} @{conc}": v for k, v in json.loads(out.stdout).items()})
+    return res
 
 
 def main():
@@ -579,11 +583,11 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
 
     o, d = results["ours"], results["dstack"]
-    print(f"{'route':30} {'ours p50/p99 ms':>17} {'dstack p50/p99 ms':>19} {'p99 ratio':>9} {'rps ours/dstack':>16}  errors")
+    print(f"{'route @concurrency':34} {'ours p50/p99 ms':>17} {'dstack p50/p99 ms':>19} {'p99 ratio':>9} {'rps ours/dstack':>16}  errors")
     for route in o["routes"]:
         a, b = o["routes"][route], d["routes"].get(route, {})
         ratio = (b.get("p99_ms") or 0) / (a["p99_ms"] or 1)
-        print(f"{route:30} {a['p50_ms'] or 0:8.2f}/{a['p99_ms'] or 0:<8.2f} {b.get('p50_ms') or 0:9.1f}/{b.get('p99_ms') or 0:<9.1f}"
+        print(f"{route:34} {a['p50_ms'] or 0:8.2f}/{a['p99_ms'] or 0:<8.2f} {b.get('p50_ms') or 0:9.1f}/{b.get('p99_ms') or 0:<9.1f}"
               f" {ratio:8.0f}x {a['rps']:8.0f}/{b.get('rps', 0):<7.1f}  {a['errors']}/{b.get('errors')}")
     print("items per response (offers or runs):",
           {k: (o["sanity"][k]["items"], d["sanity"][k]["items"]) for k in o["sanity"]})

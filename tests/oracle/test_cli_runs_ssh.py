@@ -276,6 +276,9 @@ resources:
     cli(server, "apply", "-f", conf, "-y", "-d")
     wait_run(server, "sleeper", lambda r: r["status"] == "running")
     assert "running" in cli(server, "ps").stdout
+    # A fleet with a running job cannot be deleted (dstack's "Fleet is in use").
+    r = cli(server, "fleet", "delete", "loop", "-y", check=False)
+    assert r.returncode != 0 and "in use" in (r.stdout + r.stderr), r.stdout + r.stderr
     cli(server, "stop", "sleeper", "-y")
     run = wait_run(server, "sleeper", lambda r: r["status"] in ("terminated", "failed", "done"), 60)
     assert run["status"] == "terminated" and run["termination_reason"] == "stopped_by_user"
