@@ -17,6 +17,15 @@ with 1,000 instances: a fresh server with background processing ON, VmRSS before
 
     python3 benches/runs_vs_dstack.py        # uses scripts/oracle-venv.sh for dstack
 
+Env: CONCURRENCY (default "1,50"), SECONDS_PER_ROUTE (5), SKIP_BUILD=1 (use the release
+binaries already in $CARGO_TARGET_DIR), N_RUNS (1000). Takes about 6 minutes; prints one table
+(both servers, ratios), the RSS lines, then every figure as JSON.
+
+What is not the same on both sides: only the `runpod` backend, because dstack's other catalog
+backends ask the cloud for availability or quotas on every offer refresh (no network here);
+and `dstack apply` plans differ by design today: dstack picks the best fleet and returns only
+its offers, ours returns instance offers followed by backend offers.
+
 Internal modes (run with the oracle venv's python): --gen, --seed-dstack, --seed-dstack-instances.
 """
 import json
@@ -94,15 +103,12 @@ def gen():
     """Prints the request bodies (as the 0.22.5 client builds them) as JSON."""
     from dstack._internal.core.models.configurations import TaskConfiguration
     from dstack._internal.core.models.fleets import (
-        ApplyFleetPlanInput, FleetConfiguration, FleetNodesSpec, FleetSpec, SSHHostParams, SSHParams)
+        ApplyFleetPlanInput, FleetConfiguration, FleetNodesSpec, FleetSpec, SSHHostParams, SSHKey, SSHParams)
     from dstack._internal.core.models.profiles import Profile
     from dstack._internal.core.models.runs import ApplyRunPlanInput, RunSpec
     from dstack._internal.server.testing.common import get_private_key_string
-    from dstack._internal.core.models.envs import Env  # noqa: F401  (import check)
-    from dstack._internal.core.models.common import RegistryAuth  # noqa: F401
     from dstack.api.server._fleets import FleetsAPIClient
     from dstack.api.server._runs import RunsAPIClient
-    from dstack._internal.core.models.fleets import SSHKey
 
     key = SSHKey(public="", private=get_private_key_string())
     fleets = []

@@ -27,6 +27,8 @@ async fn start(home: &Path) -> anyhow::Result<(AgentHandle, ShimClient, RunnerCl
     options.shim_port = 0;
     options.runner_port = 0;
     options.executor.runner_stop_grace = Duration::from_secs(2);
+    options.ssh_port = 0;
+    options.attach_linger = Duration::ZERO;
     let listeners = AgentListeners::bind(&options).await?;
     let handle = start_agent(options, listeners).await?;
     assert_ne!(handle.shim_addr().port(), 0);
@@ -61,7 +63,12 @@ async fn launch(shim: &ShimClient, runner: &RunnerClient, b: &SubmitBody) -> Tes
         ))
         .await?;
     assert_eq!(info.status, TaskStatus::Running);
-    assert_eq!(info.ports, Some(vec![]));
+    // The task's SSH server (dstack's container port 10022) is published on a free port.
+    let ports = info.ports.unwrap_or_default();
+    assert!(
+        ports.len() == 1 && ports[0].container == 10022 && ports[0].host != 0,
+        "{ports:?}"
+    );
     runner.submit(b).await?;
     let job = runner
         .run()
@@ -263,7 +270,13 @@ async fn runs_commands_and_streams_logs() -> TestResult {
             shim.get_task("job-ok").await,
             Err(AgentError::Status { status: 404, .. })
         ));
-        assert!(!home.path().join("tasks/job-ok").exists());
+        // Teardown (SSH server, files) follows once the attach linger (0 here) passed.
+        let dir = home.path().join("tasks/job-ok");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dir.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!dir.exists());
         agent.shutdown().await;
         Ok(())
     })

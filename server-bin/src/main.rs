@@ -62,6 +62,14 @@ struct AgentArgs {
     /// Address both APIs listen on (the server reaches them through SSH tunnels).
     #[arg(long, env = "DSTACK_AGENT_BIND_ADDRESS", default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
+    /// Port each task's SSH server tries first (dstack's container port; a free one when
+    /// taken; 0 always picks a free one).
+    #[arg(long, env = "DSTACK_RUNNER_SSH_PORT", default_value_t = 10022)]
+    ssh_port: u16,
+    /// Seconds a removed task keeps its SSH server, host keys and logs after its job ended,
+    /// for CLIs that attach late.
+    #[arg(long, env = "DSTACK_AGENT_ATTACH_LINGER", default_value_t = 60)]
+    attach_linger: u64,
 }
 
 #[tokio::main]
@@ -78,6 +86,8 @@ async fn main() -> anyhow::Result<()> {
         options.shim_port = agent.shim_port;
         options.runner_port = agent.runner_port;
         options.bind_address = agent.bind;
+        options.ssh_port = agent.ssh_port;
+        options.attach_linger = std::time::Duration::from_secs(agent.attach_linger);
         return dstack_sdk::agent::run_agent(options)
             .await
             .context("agent failed");

@@ -8,11 +8,35 @@
 //! | [`client`] | `ShimClient` / `RunnerClient` over reqwest (feature `http`) |
 //! | [`host`] | host facts (`host_info.json`), GPU detection and name normalisation |
 //! | [`executor`] | the `Executor`/`JobRunner` traits and the process executor |
-//! | [`server`] | the axum routers |
+//! | [`server`] | the axum routers (runner API with `/logs_ws`) |
+//! | [`sshd`] | the per-task SSH server (what `sshd` on port 10022 is in dstack's container) |
+//! | [`authorized_keys`] | the host user's `authorized_keys` edits for `host_ssh_keys` |
 //!
 //! Today the agent runs tasks with the process executor (no container engine): the shim's task
-//! and the runner's job are the same local process group. The agent listens on loopback by
-//! default: the server reaches it through SSH tunnels.
+//! and the runner's job are the same local process group, run on a pseudo-terminal as dstack's
+//! runner does. The agent listens on loopback by default: the server reaches it through SSH
+//! tunnels.
+//!
+//! ## Attaching (`dstack apply` without `-d`, `dstack attach`)
+//!
+//! The dstack CLI jumps through the host's own sshd (`<run>-host`: `host_ssh_user` with the
+//! run's key, which the agent appends to that user's `authorized_keys` while the task lives)
+//! to the task's "container" SSH server (`<run>`: `localhost:<ports[10022]>`), forwards port
+//! 10999 and streams `ws://localhost:<port>/logs_ws`. So for each task submitted through the
+//! shim API the agent:
+//!
+//! * starts an SSH server ([`sshd`]) on loopback, port 10022 when free (else a free one;
+//!   [`AgentOptions::ssh_port`]), reported in the task's `ports` as
+//!   `{"host": <port>, "container": 10022}`; it accepts the task's `container_ssh_keys` and
+//!   serves `direct-tcpip` (10999 → this task's runner API, other ports → `127.0.0.1`) and
+//!   `session` channels (exec, shell, PTY) with the job's environment;
+//! * adds `host_ssh_keys` to `host_ssh_user`'s `~/.ssh/authorized_keys` and later removes
+//!   exactly the lines it added ([`authorized_keys`]);
+//! * serves `GET /logs_ws?start_time=` on the runner API: the job's raw terminal output as
+//!   binary frames, live until the job ended, then a normal close;
+//! * keeps all of this after `POST /api/tasks/{id}/remove` (which answers at once) until the
+//!   job ended at least [`AgentOptions::attach_linger`] ago, because a CLI usually attaches
+//!   after a short job already finished.
 //!
 //! ```no_run
 //! # async fn demo() -> dstack_sdk::Result<()> {
@@ -21,6 +45,7 @@
 //! # }
 //! ```
 
+pub mod authorized_keys;
 #[cfg(feature = "http")]
 pub mod client;
 mod error;
@@ -30,6 +55,7 @@ pub mod host;
 pub mod multipart;
 pub mod protocol;
 pub mod server;
+pub mod sshd;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -41,12 +67,14 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub use error::{AgentError, AgentResult};
-pub use executor::{ProcessExecutor, ProcessExecutorConfig};
+pub use executor::{AttachSettings, ProcessExecutor, ProcessExecutorConfig, TaskRunner};
 
 /// The shim API's default port.
 pub const DEFAULT_SHIM_PORT: u16 = 10998;
 /// The runner API's default port.
 pub const DEFAULT_RUNNER_PORT: u16 = 10999;
+/// The default [`AgentOptions::attach_linger`].
+pub const DEFAULT_ATTACH_LINGER: Duration = Duration::from_secs(60);
 
 /// How the agent runs (the equivalent of the `dstack-server agent` flags).
 #[derive(Debug, Clone)]
@@ -67,6 +95,12 @@ pub struct AgentOptions {
     pub max_upload_bytes: usize,
     /// Process executor tunables.
     pub executor: ProcessExecutorConfig,
+    /// The port each task's SSH server tries first (default 10022, dstack's container SSH
+    /// port); when taken, the OS picks one. 0 always picks a free one.
+    pub ssh_port: u16,
+    /// How long a removed task keeps its SSH server, host keys and logs after its job ended
+    /// (default 60 s), for CLIs that attach late.
+    pub attach_linger: Duration,
 }
 
 impl AgentOptions {
@@ -80,6 +114,8 @@ impl AgentOptions {
             version: crate::DSTACK_VERSION.to_string(),
             max_upload_bytes: 1 << 30,
             executor: ProcessExecutorConfig::default(),
+            ssh_port: sshd::CONTAINER_SSH_PORT,
+            attach_linger: DEFAULT_ATTACH_LINGER,
         }
     }
 }
@@ -184,7 +220,8 @@ impl AgentHandle {
 }
 
 /// Starts the agent on pre-bound listeners: detects the host, writes `host_info.json`,
-/// restores tasks from the home directory and serves both APIs.
+/// loads (or creates) the SSH host key, restores tasks from the home directory (reopening
+/// their SSH endpoints) and serves both APIs.
 #[tracing::instrument(level = "info", skip_all, fields(home = %options.home.display()))]
 pub async fn start_agent(
     options: AgentOptions,
@@ -197,6 +234,14 @@ pub async fn start_agent(
     }
     let executor =
         ProcessExecutor::open(&options.home, facts.gpus, options.executor.clone()).await?;
+    let host_key = sshd::load_or_create_host_key(&options.home)?;
+    let mut attach = AttachSettings::new(sshd::server_config(host_key));
+    attach.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    attach.preferred_port = options.ssh_port;
+    attach.linger = options.attach_linger;
+    attach.version = options.version.clone();
+    attach.max_upload_bytes = options.max_upload_bytes;
+    executor.enable_attach(attach);
     let shared = Arc::new(executor.clone());
     let shutdown_requested = Arc::new(Notify::new());
     let shim = server::shim_router(

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -84,7 +85,8 @@ pub fn shim_router<E: Executor>(executor: Arc<E>, ctx: ShimContext) -> Router {
 }
 
 /// The runner API router (`/api/healthcheck`, `/api/metrics`, `/api/submit`,
-/// `/api/upload_archive`, `/api/upload_code`, `/api/run`, `/api/pull`, `/api/stop`).
+/// `/api/upload_archive`, `/api/upload_code`, `/api/run`, `/api/pull`, `/api/stop`,
+/// `/logs_ws`).
 /// Uploads accept up to `max_upload_bytes`.
 pub fn runner_router<R: JobRunner>(
     runner: Arc<R>,
@@ -102,6 +104,7 @@ pub fn runner_router<R: JobRunner>(
         .route("/api/run", post(runner_run::<R>))
         .route("/api/pull", get(runner_pull::<R>))
         .route("/api/stop", post(runner_stop::<R>))
+        .route("/logs_ws", get(runner_logs_ws::<R>))
         .merge(uploads)
         .with_state(RunnerState { runner, version })
 }
@@ -428,9 +431,98 @@ async fn runner_stop<R: JobRunner>(State(s): State<RunnerState<R>>) -> Response 
     }
 }
 
+/// Parses `/logs_ws`'s `start_time` as dstack's runner does (RFC 3339, whole seconds), also
+/// taking a naive ISO 8601 time (Python's `isoformat()` of a naive datetime) as UTC. Returns
+/// the first millisecond timestamp to send.
+pub fn parse_start_time(value: &str) -> Option<i64> {
+    let value = value.trim();
+    let secs = match chrono::DateTime::parse_from_rfc3339(value) {
+        Ok(t) => t.timestamp(),
+        Err(_) => chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()?
+            .and_utc()
+            .timestamp(),
+    };
+    secs.checked_mul(1000)
+}
+
+/// `GET /logs_ws[?start_time=]`: the job's raw terminal output from `start_time` as binary
+/// frames, following it live until the job ended and everything was sent, then a normal close.
+async fn runner_logs_ws<R: JobRunner>(
+    State(s): State<RunnerState<R>>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let start = match params.get("start_time").filter(|v| !v.is_empty()) {
+        None => Ok(0),
+        Some(v) => parse_start_time(v).ok_or(()),
+    };
+    let runner = s.runner.clone();
+    ws.on_upgrade(move |socket| async move {
+        match start {
+            Ok(start) => stream_job_logs(socket, runner, start).await,
+            Err(()) => {
+                let mut socket = socket;
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: close_code::UNSUPPORTED,
+                        reason: "failed to parse start_time value".into(),
+                    })))
+                    .await;
+            }
+        }
+    })
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(start_ms))]
+async fn stream_job_logs<R: JobRunner>(mut socket: WebSocket, runner: Arc<R>, start_ms: i64) {
+    let mut after = start_ms.saturating_sub(1);
+    loop {
+        let page = match runner.ws_logs(after) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read job output for /logs_ws");
+                break;
+            }
+        };
+        let idle = page.events.is_empty();
+        for event in page.events {
+            after = event.timestamp;
+            if socket
+                .send(Message::Binary(event.message.into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if page.complete {
+            break;
+        }
+        if idle {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_time_like_python_isoformat() {
+        let t = parse_start_time("2026-11-23T13:08:50.123456+00:00").unwrap();
+        assert_eq!(t % 1000, 0);
+        assert_eq!(parse_start_time("2026-11-23T13:08:50.123456"), Some(t));
+        assert_eq!(parse_start_time("2026-11-23T15:08:50+02:00"), Some(t));
+        assert_eq!(parse_start_time("yesterday"), None);
+    }
 
     #[test]
     fn json_decoding_mirrors_go() {

@@ -24,7 +24,16 @@ use super::protocol::{
     JobInfoResponse, PullResponse, SubmitBody, TaskConfig, TaskInfo, TaskListItem, TerminateRequest,
 };
 
-pub use process::{ProcessExecutor, ProcessExecutorConfig};
+pub use process::{AttachSettings, ProcessExecutor, ProcessExecutorConfig, TaskRunner};
+
+/// One read of the job's raw terminal output for `GET /logs_ws`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WsLogsPage {
+    /// Output chunks newer than the asked timestamp, oldest first (raw bytes).
+    pub events: Vec<crate::agent::protocol::LogEvent>,
+    /// The job has ended and these are its last chunks: nothing newer will come.
+    pub complete: bool,
+}
 
 /// The runner's state machine: `wait_submit → wait_run → serve_logs → wait_logs_finished`.
 ///
@@ -117,6 +126,9 @@ pub trait JobRunner: Send + Sync + 'static {
 
     /// `POST /api/stop`: stops the job (polite signal, then a kill after the grace period).
     fn stop_job(&self) -> AgentResult<()>;
+
+    /// `GET /logs_ws`: the job's raw terminal output newer than `after` (ms timestamps).
+    fn ws_logs(&self, after: i64) -> AgentResult<WsLogsPage>;
 }
 
 #[cfg(test)]

@@ -7,6 +7,17 @@
 //! the task's state are persisted (`task.json`, `*_logs.jsonl`), so an agent restart loses
 //! nothing and a running job is picked up again.
 //!
+//! The job runs on a pseudo-terminal, as under dstack's runner: its stdout and stderr are one
+//! stream (with `\n` line ends: see [`pgroup`]), and interactive shells (`bash -i`) get job
+//! control. `pull`
+//! hands out that output with ANSI escapes removed; `GET /logs_ws` streams it raw.
+//!
+//! With [`ProcessExecutor::enable_attach`], each task submitted through the shim API gets an
+//! SSH endpoint ([`crate::agent::sshd`]) and its `host_ssh_keys` are added to the host user's
+//! `authorized_keys` ([`crate::agent::authorized_keys`]). `POST /api/tasks/{id}/remove`
+//! answers at once, but the endpoint, the keys and the task's files stay until the job ended at
+//! least `attach_linger` ago, so a CLI attaching late still gets the logs.
+//!
 //! Layout of a task directory:
 //!
 //! | file | what |
@@ -16,6 +27,7 @@
 //! | `job.out` | raw stdout+stderr of the job |
 //! | `exit_status` | written by the wrapper when the commands exit |
 //! | `job_logs.jsonl`, `runner_logs.jsonl` | the events `pull` hands out |
+//! | `job_ws_logs.jsonl` | the raw terminal output `GET /logs_ws` streams |
 //! | `code.blob`, `file_archives/` | uploads |
 //! | `work/` | the default working directory |
 
@@ -23,7 +35,7 @@ use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
@@ -39,14 +51,16 @@ use super::record::{
     ProcessRecord, REASON_CONTAINER_EXITED_WITH_ERROR, REASON_DONE_BY_RUNNER,
     REASON_EXECUTOR_ERROR, RunnerRecord, StopCause, StopRecord, TaskRecord,
 };
-use super::{Executor, JobRunner, RunnerState};
+use super::{Executor, JobRunner, RunnerState, WsLogsPage};
+use crate::agent::authorized_keys;
 use crate::agent::error::{AgentError, AgentResult};
 use crate::agent::fsutil;
 use crate::agent::host::GpuInfo;
 use crate::agent::protocol::{
-    FileArchive, JobInfoResponse, JobState, JobStateEvent, LogEvent, PullResponse, SubmitBody,
-    TaskConfig, TaskInfo, TaskListItem, TaskStatus, TerminateRequest,
+    FileArchive, JobInfoResponse, JobState, JobStateEvent, LogEvent, PortMapping, PullResponse,
+    SubmitBody, TaskConfig, TaskInfo, TaskListItem, TaskStatus, TerminateRequest,
 };
+use crate::agent::sshd::{SessionEnv, SshEndpoint};
 
 const TASKS_DIR: &str = "tasks";
 const TASK_FILE: &str = "task.json";
@@ -55,6 +69,7 @@ const OUTPUT_FILE: &str = "job.out";
 const EXIT_FILE: &str = "exit_status";
 const JOB_LOGS_FILE: &str = "job_logs.jsonl";
 const RUNNER_LOGS_FILE: &str = "runner_logs.jsonl";
+const WS_LOGS_FILE: &str = "job_ws_logs.jsonl";
 const CODE_FILE: &str = "code.blob";
 const ARCHIVES_DIR: &str = "file_archives";
 const WORK_DIR: &str = "work";
@@ -97,6 +112,48 @@ impl Default for ProcessExecutorConfig {
     }
 }
 
+/// What the per-task SSH endpoints need (see [`ProcessExecutor::enable_attach`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AttachSettings {
+    /// The russh server configuration (host key, auth methods).
+    pub ssh_config: Arc<russh::server::Config>,
+    /// The address endpoints listen on (loopback).
+    pub bind: std::net::IpAddr,
+    /// The port tried first (10022; 0: always a free one).
+    pub preferred_port: u16,
+    /// How long after its job ended a removed task keeps its endpoint, host keys and logs.
+    pub linger: Duration,
+    /// The version the task's runner API reports.
+    pub version: String,
+    /// The largest upload the task's runner API accepts.
+    pub max_upload_bytes: usize,
+}
+
+impl AttachSettings {
+    /// Settings with the given server configuration, port 10022 on loopback, a 60 s linger.
+    pub fn new(ssh_config: Arc<russh::server::Config>) -> Self {
+        Self {
+            ssh_config,
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            preferred_port: crate::agent::sshd::CONTAINER_SSH_PORT,
+            linger: Duration::from_secs(60),
+            version: crate::DSTACK_VERSION.to_string(),
+            max_upload_bytes: 1 << 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for AttachSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachSettings")
+            .field("bind", &self.bind)
+            .field("preferred_port", &self.preferred_port)
+            .field("linger", &self.linger)
+            .finish()
+    }
+}
+
 /// Runs tasks as process groups on the host; implements both [`Executor`] and [`JobRunner`].
 /// Cheap to clone.
 #[derive(Clone)]
@@ -119,6 +176,9 @@ struct Inner {
     config: ProcessExecutorConfig,
     gpus: Vec<GpuInfo>,
     tasks: Mutex<BTreeMap<String, Arc<Task>>>,
+    /// Removed tasks whose teardown waits for the attach linger.
+    lingering: Mutex<BTreeMap<String, Arc<Task>>>,
+    attach: OnceLock<AttachSettings>,
     seq: AtomicU64,
     background: Mutex<Vec<AbortHandle>>,
 }
@@ -132,6 +192,8 @@ struct Task {
     /// `true` once the job ended (or will never start).
     finished: watch::Sender<bool>,
     supervisor: Mutex<Option<AbortHandle>>,
+    /// The task's SSH endpoint (dropped on teardown).
+    endpoint: Mutex<Option<SshEndpoint>>,
 }
 
 struct TaskState {
@@ -140,6 +202,12 @@ struct TaskState {
     clock: MonotonicClock,
     job_logs: LogStream,
     runner_logs: LogStream,
+    /// Raw terminal output for `GET /logs_ws`.
+    ws_logs: LogStream,
+    /// The SSH endpoint's port, once started.
+    ssh_port: Option<u16>,
+    /// The job's environment and working directory (for SSH sessions), once it started.
+    session_env: Option<SessionEnv>,
 }
 
 /// Everything needed to start a job, resolved by `POST /api/run`.
@@ -181,6 +249,7 @@ impl Task {
             wake: Notify::new(),
             finished: tx,
             supervisor: Mutex::new(None),
+            endpoint: Mutex::new(None),
         })
     }
 
@@ -252,7 +321,15 @@ impl TaskState {
             status: r.status,
             termination_reason: r.termination_reason.clone(),
             termination_message: r.termination_message.clone(),
-            ports: matches!(r.status, TaskStatus::Running | TaskStatus::Terminated).then(Vec::new),
+            ports: matches!(r.status, TaskStatus::Running | TaskStatus::Terminated).then(|| {
+                self.ssh_port
+                    .map(|host| PortMapping {
+                        host,
+                        container: crate::agent::sshd::CONTAINER_SSH_PORT,
+                    })
+                    .into_iter()
+                    .collect()
+            }),
             image_pull_progress: None,
             container_name: r.config.name.clone(),
             container_id: String::new(),
@@ -290,6 +367,8 @@ impl ProcessExecutor {
             config,
             gpus,
             tasks: Mutex::new(BTreeMap::new()),
+            lingering: Mutex::new(BTreeMap::new()),
+            attach: OnceLock::new(),
             seq: AtomicU64::new(1),
             background: Mutex::new(Vec::new()),
         });
@@ -309,12 +388,206 @@ impl ProcessExecutor {
         for handle in lock(&self.inner.background).drain(..) {
             handle.abort();
         }
+        // SSH endpoints close too (a restarted agent opens them again); lingering tasks are
+        // torn down by the next agent.
+        let tasks: Vec<Arc<Task>> = lock(&self.inner.tasks)
+            .values()
+            .chain(lock(&self.inner.lingering).values())
+            .cloned()
+            .collect();
+        for task in tasks {
+            drop(lock(&task.endpoint).take());
+        }
+    }
+
+    /// Turns on the per-task SSH endpoints and host access keys' teardown linger: every task
+    /// submitted from now on (and every task already known) gets an SSH endpoint. Call once;
+    /// later calls are ignored.
+    pub fn enable_attach(&self, settings: AttachSettings) {
+        if self.inner.attach.set(settings).is_err() {
+            return;
+        }
+        let tasks: Vec<Arc<Task>> = lock(&self.inner.tasks).values().cloned().collect();
+        for task in tasks {
+            if let Err(e) = self.start_endpoint(&task) {
+                tracing::error!(task = %task.id, error = %e, "cannot start the task's SSH endpoint");
+            }
+        }
+    }
+
+    /// The SSH port of a task's endpoint, if it has one (lingering tasks included).
+    pub fn ssh_port(&self, id: &str) -> Option<u16> {
+        let task = lock(&self.inner.tasks)
+            .get(id)
+            .cloned()
+            .or_else(|| lock(&self.inner.lingering).get(id).cloned())?;
+        task.lock().ssh_port
+    }
+
+    /// A runner API view bound to one task (what its SSH endpoint serves on port 10999),
+    /// unlike the executor's own [`JobRunner`] impl, which serves the newest task.
+    pub fn task_runner(&self, id: &str) -> AgentResult<TaskRunner> {
+        let task = lock(&self.inner.tasks)
+            .get(id)
+            .cloned()
+            .or_else(|| lock(&self.inner.lingering).get(id).cloned())
+            .ok_or_else(|| AgentError::NotFound(format!("task {id}: not found")))?;
+        Ok(TaskRunner {
+            executor: self.clone(),
+            task,
+        })
+    }
+
+    fn start_endpoint(&self, task: &Arc<Task>) -> AgentResult<()> {
+        let Some(settings) = self.inner.attach.get() else {
+            return Ok(());
+        };
+        let mut slot = lock(&task.endpoint);
+        if slot.is_some() {
+            return Ok(());
+        }
+        let runner = crate::agent::server::runner_router(
+            Arc::new(TaskRunner {
+                executor: self.clone(),
+                task: task.clone(),
+            }),
+            settings.version.clone(),
+            settings.max_upload_bytes,
+        );
+        let weak = Arc::downgrade(task);
+        let fallback_dir = task.dir.join(WORK_DIR);
+        let env: crate::agent::sshd::EnvProvider = Arc::new(move || {
+            weak.upgrade()
+                .and_then(|t| t.lock().session_env.clone())
+                .unwrap_or_else(|| SessionEnv {
+                    env: std::env::vars_os()
+                        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                        .collect(),
+                    cwd: fallback_dir.clone(),
+                })
+        });
+        let allowed_keys = task.lock().record.config.container_ssh_keys.clone();
+        let endpoint = crate::agent::sshd::start(
+            settings.ssh_config.clone(),
+            crate::agent::sshd::EndpointParams {
+                task_id: task.id.clone(),
+                allowed_keys,
+                bind: settings.bind,
+                preferred_port: settings.preferred_port,
+                runner,
+                env,
+            },
+        )?;
+        task.lock().ssh_port = Some(endpoint.port());
+        *slot = Some(endpoint);
+        Ok(())
+    }
+
+    /// Schedules the teardown of a removed task: when its job ended at least the attach
+    /// linger ago.
+    fn schedule_teardown(&self, task: &Arc<Task>) {
+        let linger = self
+            .inner
+            .attach
+            .get()
+            .map(|a| a.linger)
+            .unwrap_or_default();
+        let wait = {
+            let st = task.lock();
+            let now = now_ms();
+            let ended = st.record.runner.finished_at_ms.unwrap_or(now).min(now);
+            let since = u64::try_from(now - ended).unwrap_or(0);
+            linger.saturating_sub(Duration::from_millis(since))
+        };
+        let executor = self.clone();
+        let task = task.clone();
+        self.spawn_bg(async move {
+            tokio::time::sleep(wait).await;
+            executor.teardown(&task);
+        });
+    }
+
+    /// Ends a removed task for good: its SSH endpoint, the host keys it added and its files.
+    #[tracing::instrument(level = "info", skip_all, fields(task = %task.id))]
+    fn teardown(&self, task: &Arc<Task>) {
+        {
+            let mut lingering = lock(&self.inner.lingering);
+            if lingering
+                .get(&task.id)
+                .is_some_and(|t| Arc::ptr_eq(t, task))
+            {
+                lingering.remove(&task.id);
+            }
+        }
+        drop(lock(&task.endpoint).take());
+        task.lock().ssh_port = None;
+        self.release_host_keys(task);
+        if let Err(e) = std::fs::remove_dir_all(&task.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(error = %e, "cannot remove the task directory");
+            let trash = self
+                .inner
+                .tasks_dir
+                .join(format!(".trash-{}-{}", task.id, now_ms()));
+            if let Err(e) = std::fs::rename(&task.dir, &trash) {
+                tracing::error!(error = %e, "cannot move the task directory away");
+            }
+        }
+        tracing::info!("task torn down");
+    }
+
+    /// Removes the host keys this task added — except keys another task of this agent still
+    /// wants, whose removal becomes that task's job.
+    fn release_host_keys(&self, task: &Arc<Task>) {
+        let Some(mine) = task.lock().record.host_keys.clone() else {
+            return;
+        };
+        if mine.added.is_empty() {
+            return;
+        }
+        let others: Vec<Arc<Task>> = {
+            let tasks = lock(&self.inner.tasks);
+            let lingering = lock(&self.inner.lingering);
+            tasks
+                .values()
+                .chain(lingering.values())
+                .filter(|t| !Arc::ptr_eq(t, task))
+                .cloned()
+                .collect()
+        };
+        let mut remove = Vec::new();
+        'lines: for line in &mine.added {
+            let Some(id) = authorized_keys::key_id(line) else {
+                continue;
+            };
+            for other in &others {
+                let mut st = other.lock();
+                if let Some(theirs) = st.record.host_keys.as_mut()
+                    && theirs.path == mine.path
+                    && theirs.wanted.contains(&id)
+                {
+                    theirs.added.push(line.clone());
+                    other.save_or_log(&st);
+                    continue 'lines;
+                }
+            }
+            remove.push(line.clone());
+        }
+        if let Err(e) = authorized_keys::remove_lines(&mine, &remove) {
+            tracing::error!(error = %e, "cannot remove host access keys");
+        }
+        let mut st = task.lock();
+        if let Some(k) = st.record.host_keys.as_mut() {
+            k.added.clear();
+        }
     }
 
     fn restore(&self) -> AgentResult<()> {
         let entries = std::fs::read_dir(&self.inner.tasks_dir)
             .map_err(|e| AgentError::io("cannot list tasks", &self.inner.tasks_dir, e))?;
         let mut max_seq = 0;
+        let mut removed = Vec::new();
         for entry in entries.flatten() {
             let dir = entry.path();
             let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
@@ -324,6 +597,11 @@ impl ProcessExecutor {
                 continue;
             }
             match self.load_task(&id, &dir) {
+                Ok(task) if task.lock().record.removed_at_ms.is_some() => {
+                    // Removed before the agent stopped: its linger is over (torn down once
+                    // every other task is known, which may still want its host keys).
+                    removed.push(task);
+                }
                 Ok(task) => {
                     max_seq = max_seq.max(task.lock().record.seq);
                     lock(&self.inner.tasks).insert(id, task);
@@ -332,6 +610,9 @@ impl ProcessExecutor {
                     tracing::error!(task = %id, error = %e, "cannot restore task, skipping it")
                 }
             }
+        }
+        for task in removed {
+            self.teardown(&task);
         }
         self.inner.seq.store(max_seq + 1, Ordering::SeqCst);
         let tasks: Vec<Arc<Task>> = lock(&self.inner.tasks).values().cloned().collect();
@@ -358,7 +639,9 @@ impl ProcessExecutor {
         let mem = self.inner.config.memory_log_bytes;
         let job_logs = LogStream::open(dir.join(JOB_LOGS_FILE), mem)?;
         let runner_logs = LogStream::open(dir.join(RUNNER_LOGS_FILE), mem)?;
+        let ws_logs = LogStream::open(dir.join(WS_LOGS_FILE), mem)?;
         let last = [
+            ws_logs.last_timestamp(),
             record.runner.job_states.last().map(|s| s.timestamp),
             job_logs.last_timestamp(),
             runner_logs.last_timestamp(),
@@ -374,6 +657,9 @@ impl ProcessExecutor {
             clock: MonotonicClock::starting_after(last),
             job_logs,
             runner_logs,
+            ws_logs,
+            ssh_port: None,
+            session_env: None,
         };
         Ok(Task::new(
             id.to_string(),
@@ -400,7 +686,7 @@ impl ProcessExecutor {
                 task.save_or_log(&st);
                 drop(st);
                 tracing::info!(task = %task.id, "resuming a running job");
-                let handle = self.spawn_bg(supervise(self.inner.clone(), task.clone(), None));
+                let handle = self.spawn_bg(supervise(self.inner.clone(), task.clone(), None, None));
                 *lock(&task.supervisor) = Some(handle);
             }
             (RunnerState::ServeLogs, None) => {
@@ -481,6 +767,11 @@ impl ProcessExecutor {
                 config.id
             )));
         }
+        let lingering = lock(&self.inner.lingering).remove(&config.id);
+        if let Some(old) = lingering {
+            // The same id again: the old task's linger ends now.
+            self.teardown(&old);
+        }
         let mut tasks = lock(&self.inner.tasks);
         if tasks.contains_key(&config.id) {
             return Err(AgentError::Conflict(format!(
@@ -488,13 +779,32 @@ impl ProcessExecutor {
                 config.id
             )));
         }
+        let host_keys = if config.host_ssh_user.is_empty() || config.host_ssh_keys.is_empty() {
+            None
+        } else {
+            Some(authorized_keys::add_keys(
+                &config.host_ssh_user,
+                &config.host_ssh_keys,
+            )?)
+        };
+        let undo_keys = |keys: &Option<authorized_keys::HostKeysRecord>| {
+            if let Some(k) = keys
+                && let Err(e) = authorized_keys::remove_lines(k, &k.added)
+            {
+                tracing::error!(error = %e, "cannot remove host access keys");
+            }
+        };
         let dir = self.inner.tasks_dir.join(&config.id);
-        fsutil::create_dir_all(&dir)?;
+        if let Err(e) = fsutil::create_dir_all(&dir) {
+            undo_keys(&host_keys);
+            return Err(e);
+        }
         let mem = self.inner.config.memory_log_bytes;
         // A leftover directory (e.g. a removal that failed half-way) is started afresh.
         for stale in [
             JOB_LOGS_FILE,
             RUNNER_LOGS_FILE,
+            WS_LOGS_FILE,
             OUTPUT_FILE,
             EXIT_FILE,
             SUBMIT_FILE,
@@ -517,13 +827,32 @@ impl ProcessExecutor {
             termination_message: String::new(),
             gpu_ids: Vec::new(),
             runner: RunnerRecord::default(),
+            host_keys,
+            removed_at_ms: None,
+        };
+        let opened = (|| -> AgentResult<_> {
+            Ok((
+                LogStream::open(dir.join(JOB_LOGS_FILE), mem)?,
+                LogStream::open(dir.join(RUNNER_LOGS_FILE), mem)?,
+                LogStream::open(dir.join(WS_LOGS_FILE), mem)?,
+            ))
+        })();
+        let (job_logs, runner_logs, ws_logs) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                undo_keys(&record.host_keys);
+                return Err(e);
+            }
         };
         let state = TaskState {
             record,
             submit: None,
             clock: MonotonicClock::default(),
-            job_logs: LogStream::open(dir.join(JOB_LOGS_FILE), mem)?,
-            runner_logs: LogStream::open(dir.join(RUNNER_LOGS_FILE), mem)?,
+            job_logs,
+            runner_logs,
+            ws_logs,
+            ssh_port: None,
+            session_env: None,
         };
         let id = state.record.config.id.clone();
         let task = Task::new(id.clone(), dir, state, false);
@@ -592,8 +921,12 @@ impl ProcessExecutor {
 
     /// The runner's task, created on the fly for a submit without a shim task (the runner
     /// API can then be used alone, as on container backends).
-    fn runner_task_for_submit(&self, body: &SubmitBody) -> AgentResult<Arc<Task>> {
-        if let Some(task) = self.current() {
+    fn runner_task_for_submit(
+        &self,
+        pinned: Option<&Arc<Task>>,
+        body: &SubmitBody,
+    ) -> AgentResult<Arc<Task>> {
+        if let Some(task) = pinned.cloned().or_else(|| self.current()) {
             return Ok(task);
         }
         let id = if valid_name(&body.job_submission.id) {
@@ -609,8 +942,10 @@ impl ProcessExecutor {
         self.create_task(TaskConfig::new(id, name, ""))
     }
 
-    fn runner_task(&self) -> AgentResult<Arc<Task>> {
-        self.current()
+    fn runner_task(&self, pinned: Option<&Arc<Task>>) -> AgentResult<Arc<Task>> {
+        pinned
+            .cloned()
+            .or_else(|| self.current())
             .ok_or_else(|| AgentError::Conflict("no job submitted".into()))
     }
 
@@ -830,6 +1165,12 @@ impl Executor for ProcessExecutor {
             }
         }
         let task = self.create_task(config)?;
+        if let Err(e) = self.start_endpoint(&task) {
+            tracing::error!(error = %e, "cannot start the task's SSH endpoint");
+            lock(&self.inner.tasks).remove(&task.id);
+            self.teardown(&task);
+            return Err(e);
+        }
         let mut st = task.lock();
         st.runner_log("Task submitted (process mode: no image is pulled)");
         Ok(st.info(&task.id))
@@ -917,17 +1258,21 @@ impl Executor for ProcessExecutor {
         if let Some(handle) = lock(&task.supervisor).take() {
             handle.abort();
         }
-        lock(&self.inner.tasks).remove(id);
-        if let Err(e) = std::fs::remove_dir_all(&task.dir) {
-            tracing::error!(task = %id, error = %e, "cannot remove the task directory");
-            let trash = self
-                .inner
-                .tasks_dir
-                .join(format!(".trash-{id}-{}", now_ms()));
-            if let Err(e) = std::fs::rename(&task.dir, &trash) {
-                tracing::error!(task = %id, error = %e, "cannot move the task directory away");
+        {
+            let mut tasks = lock(&self.inner.tasks);
+            if !tasks.get(id).is_some_and(|t| Arc::ptr_eq(t, &task)) {
+                return Ok(());
             }
+            tasks.remove(id);
         }
+        {
+            let mut st = task.lock();
+            st.record.removed_at_ms = Some(now_ms());
+            task.save_or_log(&st);
+        }
+        // The endpoint, host keys and files stay for the attach linger (answering now).
+        lock(&self.inner.lingering).insert(id.to_string(), task.clone());
+        self.schedule_teardown(&task);
         Ok(())
     }
 
@@ -936,10 +1281,10 @@ impl Executor for ProcessExecutor {
     }
 }
 
-impl JobRunner for ProcessExecutor {
-    #[tracing::instrument(level = "info", skip(self, body), fields(job = %body.job_submission.id))]
-    fn submit_job(&self, body: SubmitBody) -> AgentResult<()> {
-        let task = self.runner_task_for_submit(&body)?;
+impl ProcessExecutor {
+    #[tracing::instrument(level = "info", skip(self, pinned, body), fields(job = %body.job_submission.id))]
+    fn submit_job_on(&self, pinned: Option<&Arc<Task>>, body: SubmitBody) -> AgentResult<()> {
+        let task = self.runner_task_for_submit(pinned, &body)?;
         let mut st = task.lock();
         if st.record.status == TaskStatus::Terminated || !st.record.runner.state.accepts_submit() {
             return Err(AgentError::Conflict(format!(
@@ -963,13 +1308,18 @@ impl JobRunner for ProcessExecutor {
         task.save(&st)
     }
 
-    fn upload_archive(&self, archive_id: &str, data: &[u8]) -> AgentResult<()> {
+    fn upload_archive_on(
+        &self,
+        pinned: Option<&Arc<Task>>,
+        archive_id: &str,
+        data: &[u8],
+    ) -> AgentResult<()> {
         if !valid_name(archive_id) {
             return Err(AgentError::BadRequest(format!(
                 "invalid archive id {archive_id:?}"
             )));
         }
-        let task = self.runner_task()?;
+        let task = self.runner_task(pinned)?;
         let mut st = task.lock();
         if !st.record.runner.state.accepts_run() {
             return Err(AgentError::Conflict(format!(
@@ -987,8 +1337,8 @@ impl JobRunner for ProcessExecutor {
         Ok(())
     }
 
-    fn upload_code(&self, data: &[u8]) -> AgentResult<()> {
-        let task = self.runner_task()?;
+    fn upload_code_on(&self, pinned: Option<&Arc<Task>>, data: &[u8]) -> AgentResult<()> {
+        let task = self.runner_task(pinned)?;
         let mut st = task.lock();
         if !st.record.runner.state.accepts_run() {
             return Err(AgentError::Conflict(format!(
@@ -1001,9 +1351,9 @@ impl JobRunner for ProcessExecutor {
         Ok(())
     }
 
-    #[tracing::instrument(level = "info", skip(self))]
-    fn run_job(&self) -> AgentResult<Option<JobInfoResponse>> {
-        let task = self.runner_task()?;
+    #[tracing::instrument(level = "info", skip(self, pinned))]
+    fn run_job_on(&self, pinned: Option<&Arc<Task>>) -> AgentResult<Option<JobInfoResponse>> {
+        let task = self.runner_task(pinned)?;
         let mut st = task.lock();
         if !st.record.runner.state.accepts_run() {
             return Err(AgentError::Conflict(format!(
@@ -1041,8 +1391,8 @@ impl JobRunner for ProcessExecutor {
         }
     }
 
-    fn pull(&self, after: i64) -> AgentResult<PullResponse> {
-        let Some(task) = self.current() else {
+    fn pull_on(&self, pinned: Option<&Arc<Task>>, after: i64) -> AgentResult<PullResponse> {
+        let Some(task) = pinned.cloned().or_else(|| self.current()) else {
             return Ok(PullResponse {
                 last_updated: after.max(0),
                 no_connections_secs: Some(0),
@@ -1084,9 +1434,9 @@ impl JobRunner for ProcessExecutor {
         })
     }
 
-    #[tracing::instrument(level = "info", skip(self))]
-    fn stop_job(&self) -> AgentResult<()> {
-        let Some(task) = self.current() else {
+    #[tracing::instrument(level = "info", skip(self, pinned))]
+    fn stop_job_on(&self, pinned: Option<&Arc<Task>>) -> AgentResult<()> {
+        let Some(task) = pinned.cloned().or_else(|| self.current()) else {
             return Ok(());
         };
         let mut st = task.lock();
@@ -1109,6 +1459,87 @@ impl JobRunner for ProcessExecutor {
             RunnerState::WaitLogsFinished => {}
         }
         Ok(())
+    }
+}
+
+/// A runner API bound to one task (see [`ProcessExecutor::task_runner`]).
+#[derive(Clone)]
+pub struct TaskRunner {
+    executor: ProcessExecutor,
+    task: Arc<Task>,
+}
+
+impl std::fmt::Debug for TaskRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRunner")
+            .field("task", &self.task.id)
+            .finish()
+    }
+}
+
+impl JobRunner for ProcessExecutor {
+    fn submit_job(&self, body: SubmitBody) -> AgentResult<()> {
+        self.submit_job_on(None, body)
+    }
+    fn upload_archive(&self, archive_id: &str, data: &[u8]) -> AgentResult<()> {
+        self.upload_archive_on(None, archive_id, data)
+    }
+    fn upload_code(&self, data: &[u8]) -> AgentResult<()> {
+        self.upload_code_on(None, data)
+    }
+    fn run_job(&self) -> AgentResult<Option<JobInfoResponse>> {
+        self.run_job_on(None)
+    }
+    fn pull(&self, after: i64) -> AgentResult<PullResponse> {
+        self.pull_on(None, after)
+    }
+    fn stop_job(&self) -> AgentResult<()> {
+        self.stop_job_on(None)
+    }
+    fn ws_logs(&self, after: i64) -> AgentResult<WsLogsPage> {
+        self.ws_logs_on(None, after)
+    }
+}
+
+impl JobRunner for TaskRunner {
+    fn submit_job(&self, body: SubmitBody) -> AgentResult<()> {
+        self.executor.submit_job_on(Some(&self.task), body)
+    }
+    fn upload_archive(&self, archive_id: &str, data: &[u8]) -> AgentResult<()> {
+        self.executor
+            .upload_archive_on(Some(&self.task), archive_id, data)
+    }
+    fn upload_code(&self, data: &[u8]) -> AgentResult<()> {
+        self.executor.upload_code_on(Some(&self.task), data)
+    }
+    fn run_job(&self) -> AgentResult<Option<JobInfoResponse>> {
+        self.executor.run_job_on(Some(&self.task))
+    }
+    fn pull(&self, after: i64) -> AgentResult<PullResponse> {
+        self.executor.pull_on(Some(&self.task), after)
+    }
+    fn stop_job(&self) -> AgentResult<()> {
+        self.executor.stop_job_on(Some(&self.task))
+    }
+    fn ws_logs(&self, after: i64) -> AgentResult<WsLogsPage> {
+        self.executor.ws_logs_on(Some(&self.task), after)
+    }
+}
+
+impl ProcessExecutor {
+    fn ws_logs_on(&self, pinned: Option<&Arc<Task>>, after: i64) -> AgentResult<WsLogsPage> {
+        let Some(task) = pinned.cloned().or_else(|| self.current()) else {
+            return Ok(WsLogsPage::default());
+        };
+        let st = task.lock();
+        let finished = st.record.runner.state == RunnerState::WaitLogsFinished;
+        let latest = st.clock.latest();
+        let mut budget = self.inner.config.max_pull_bytes;
+        let (events, cut) = st.ws_logs.since(after, latest, &mut budget)?;
+        Ok(WsLogsPage {
+            events,
+            complete: finished && !cut,
+        })
     }
 }
 
@@ -1209,12 +1640,22 @@ async fn start_job(executor: ProcessExecutor, task: Arc<Task>, job: PreparedJob)
                 exit_file: &exit,
                 credentials: job.credentials,
             };
+            st.session_env = Some(SessionEnv {
+                env: job.env.clone(),
+                cwd: job.working_dir.clone(),
+            });
             match pgroup::spawn(&spec) {
-                Ok((child, pid)) => {
+                Ok(spawned) => {
                     let started = now_ms();
+                    let pid = spawned.pid;
                     st.record.runner.process = Some(ProcessRecord {
                         pid,
                         start_time: pgroup::read_stat(pid).map(|s| s.start_time),
+                        copier_pid: spawned.copier_pid,
+                        copier_start_time: spawned
+                            .copier_pid
+                            .and_then(pgroup::read_stat)
+                            .map(|s| s.start_time),
                         started_at_ms: started,
                         deadline_ms: job
                             .max_duration
@@ -1223,7 +1664,7 @@ async fn start_job(executor: ProcessExecutor, task: Arc<Task>, job: PreparedJob)
                     });
                     st.push_state(JobState::Running, "", "", None);
                     task.save_or_log(&st);
-                    Some(child)
+                    Some((spawned.child, spawned.copier))
                 }
                 Err(e) => {
                     st.push_state(
@@ -1239,7 +1680,9 @@ async fn start_job(executor: ProcessExecutor, task: Arc<Task>, job: PreparedJob)
         }
     };
     match spawned {
-        Some(child) => supervise(executor.inner.clone(), task, Some(child)).await,
+        Some((child, copier)) => {
+            supervise(executor.inner.clone(), task, Some(child), Some(copier)).await
+        }
         None => executor.arm_logs_wait(&task),
     }
 }
@@ -1368,6 +1811,8 @@ struct Capture {
     path: PathBuf,
     /// Bytes read from the output file.
     read_to: u64,
+    /// Bytes of the output file already in the raw (`/logs_ws`) stream.
+    ws_to: u64,
     assembler: LineAssembler,
     quota: Option<(i64, i64, u64, u64)>, // (quota, started_at_ms, hour, bytes in hour)
     over_quota: bool,
@@ -1386,7 +1831,22 @@ impl Capture {
                 }
             };
             let now = Instant::now();
+            let start = self.read_to;
             self.read_to += data.len() as u64;
+            if self.read_to > self.ws_to {
+                let skip = usize::try_from(self.ws_to.saturating_sub(start)).unwrap_or(0);
+                let raw = data.get(skip..).unwrap_or_default().to_vec();
+                self.ws_to = self.read_to;
+                let mut st = task.lock();
+                let timestamp = st.clock.tick();
+                let event = LogEvent {
+                    message: raw,
+                    timestamp,
+                };
+                if let Err(e) = st.ws_logs.append(vec![event], Some(self.ws_to)) {
+                    tracing::error!(task = %task.id, error = %e, "cannot persist raw job output");
+                }
+            }
             let mut chunks = self.assembler.push(&data, now);
             let more = data.len() == CHUNK;
             if drain && !more {
@@ -1444,15 +1904,25 @@ impl Capture {
 /// `child` is the process handle when this agent started the job; a restarted agent passes
 /// `None` and tells from `/proc` and the wrapper's exit file.
 #[tracing::instrument(level = "debug", skip_all, fields(task = %task.id))]
-async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::process::Child>) {
-    let (process, offset) = {
+async fn supervise(
+    inner: Arc<Inner>,
+    task: Arc<Task>,
+    mut child: Option<std::process::Child>,
+    mut copier: Option<tokio::process::Child>,
+) {
+    let (process, offset, ws_offset) = {
         let st = task.lock();
-        (st.record.runner.process, st.job_logs.last_offset())
+        (
+            st.record.runner.process,
+            st.job_logs.last_offset(),
+            st.ws_logs.last_offset(),
+        )
     };
     let Some(process) = process else { return };
     let mut capture = Capture {
         path: task.dir.join(OUTPUT_FILE),
         read_to: offset,
+        ws_to: ws_offset,
         assembler: LineAssembler::new(inner.config.line_flush_delay, inner.config.max_line_bytes),
         quota: process
             .log_quota_hour
@@ -1552,6 +2022,22 @@ async fn supervise(inner: Arc<Inner>, task: Arc<Task>, mut child: Option<tokio::
                 }
             };
             if done {
+                // The copier exits once the terminal is closed by every process of the job.
+                let deadline = Instant::now() + Duration::from_secs(3);
+                match copier.as_mut() {
+                    Some(c) => {
+                        let _ = tokio::time::timeout_at(deadline.into(), c.wait()).await;
+                    }
+                    None => {
+                        while Instant::now() < deadline
+                            && process.copier_pid.is_some_and(|p| {
+                                pgroup::process_alive(p, process.copier_start_time)
+                            })
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
                 capture.pump(&task, true);
                 let mut st = task.lock();
                 match stop {

@@ -38,6 +38,12 @@ pub struct TaskRecord {
     /// The job side.
     #[serde(default)]
     pub runner: RunnerRecord,
+    /// What was added to the host user's `authorized_keys` (removed on teardown).
+    #[serde(default)]
+    pub host_keys: Option<crate::agent::authorized_keys::HostKeysRecord>,
+    /// When `POST /api/tasks/{id}/remove` was answered (ms); the task lingers until teardown.
+    #[serde(default)]
+    pub removed_at_ms: Option<i64>,
 }
 
 /// The job side of a task.
@@ -65,11 +71,18 @@ pub struct RunnerRecord {
     pub logs_pulled: bool,
 }
 
-/// The job's process group.
+/// The job's process group (and session: the job runs as the leader of a session of its
+/// own, with a pseudo-terminal as its controlling terminal).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ProcessRecord {
-    /// The wrapper's pid, which is also the process group id.
+    /// The wrapper's pid, which is also the process group id and the session id.
     pub pid: u32,
+    /// The pid of the process that copies the terminal's output into `job.out`.
+    #[serde(default)]
+    pub copier_pid: Option<u32>,
+    /// The copier's start time in clock ticks.
+    #[serde(default)]
+    pub copier_start_time: Option<u64>,
     /// The wrapper's start time in clock ticks (guards against pid reuse after a restart).
     #[serde(default)]
     pub start_time: Option<u64>,
@@ -158,6 +171,8 @@ mod tests {
             termination_message: String::new(),
             gpu_ids: vec![],
             runner: RunnerRecord::default(),
+            host_keys: None,
+            removed_at_ms: None,
         };
         rec.runner.stop = Some(StopRecord {
             cause: StopCause::Shim {

@@ -264,6 +264,30 @@ fn dev_environment_commands(
     out
 }
 
+/// dstack's `_app_specs`: one app per configured port outside the reserved 10000–10999
+/// range (services publish their port through the proxy instead).
+fn app_specs(conf: &RunConfiguration) -> Vec<Value> {
+    let ports = match conf {
+        RunConfiguration::Task(t) => &t.ports,
+        RunConfiguration::DevEnvironment(d) => &d.ports,
+        RunConfiguration::Service(_) => return Vec::new(),
+    };
+    ports
+        .iter()
+        .filter(|p| !(10000..=10999).contains(&p.container_port))
+        .enumerate()
+        .map(|(i, p)| {
+            serde_json::json!({
+                "port": p.container_port,
+                "map_to_port": p.local_port,
+                "app_name": format!("app_{i}"),
+                "url_path": null,
+                "url_query_params": null,
+            })
+        })
+        .collect()
+}
+
 /// The job specs of replica 0 (one per node for multi-node tasks).
 pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
     let conf = &run_spec.configuration;
@@ -325,6 +349,7 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
         "repo_dir": repo_dir,
         "file_archives": run_spec.file_archives,
         "jobs_per_replica": nodes,
+        "app_specs": app_specs(conf),
     });
     if let Some(d) = profile.params.max_duration.as_ref() {
         spec["max_duration"] = serde_json::to_value(d).unwrap_or(Value::Null);
