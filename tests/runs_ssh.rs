@@ -363,6 +363,52 @@ async fn task_runs_on_ssh_fleet_and_stops() {
         assert!(runs.list(true).await.unwrap().is_empty());
         runs.delete(&["hello"]).await.unwrap();
         assert_eq!(runs.list(false).await.unwrap().len(), 1);
+
+        // The log follower streams a run's lines in order and ends when the run is done.
+        runs.apply(&task(
+            "counter",
+            &["for i in $(seq 1 20); do echo n-$i; sleep 0.05; done"],
+        ))
+        .await
+        .unwrap();
+        let mut follow = client
+            .project("main")
+            .logs()
+            .follow("counter")
+            .with_interval(Duration::from_millis(100));
+        let mut text = String::new();
+        while let Some(e) = follow.next().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&e.decode_message().unwrap()));
+        }
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("n-"))
+            .collect();
+        let want: Vec<String> = (1..=20).map(|i| format!("n-{i}")).collect();
+        assert_eq!(lines, want, "{text}");
+        let done = runs
+            .wait_finished(
+                "counter",
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.status, RunStatus::Done);
+
+        // Offers: the fleet's idle instance, as `dstack offer` sees it.
+        let (offers, total) = client
+            .project("main")
+            .offers()
+            .list(serde_json::json!({"disk": "1GB.."}), 5)
+            .await
+            .unwrap();
+        assert_eq!(total, 1);
+        assert_eq!(
+            offers[0].availability,
+            dstack_sdk::models::offers::InstanceAvailability::Idle
+        );
         engine.stop_background();
     })
     .await

@@ -110,6 +110,12 @@ route_table! {
     UsersRefreshToken => "/api/users/refresh_token", Authenticated;
     /// `POST /api/users/refresh_ssh_key`
     UsersRefreshSshKey => "/api/users/refresh_ssh_key", Authenticated;
+    /// `POST /api/users/public_keys/list`
+    UsersPublicKeysList => "/api/users/public_keys/list", Authenticated;
+    /// `POST /api/users/public_keys/add`
+    UsersPublicKeysAdd => "/api/users/public_keys/add", Authenticated;
+    /// `POST /api/users/public_keys/delete`
+    UsersPublicKeysDelete => "/api/users/public_keys/delete", Authenticated;
     /// `POST /api/users/delete`
     UsersDelete => "/api/users/delete", GlobalAdmin;
 
@@ -200,9 +206,44 @@ route_table! {
 
     /// `POST /api/project/{project}/logs/poll`
     LogsPoll => "/api/project/{project}/logs/poll", ProjectMember;
+
+    /// `POST /api/project/{project}/gpus/list`
+    GpusList => "/api/project/{project}/gpus/list", ProjectMember;
+
+    /// `POST /api/project/{project}/repos/upload_code?repo_id=…` (multipart `file`, named by
+    /// the code hash)
+    ReposUploadCode => "/api/project/{project}/repos/upload_code", ProjectMember;
+    /// `POST /api/files/upload_archive` (multipart `file`, named by the archive hash)
+    FilesUploadArchive => "/api/files/upload_archive", Authenticated;
+    /// `POST /api/files/get_archive_by_hash`
+    FilesGetArchiveByHash => "/api/files/get_archive_by_hash", Authenticated;
+}
+
+/// The JSON body the engine receives for an upload route: the HTTP front decodes the
+/// multipart form into it (`data_b64` is the file, base64) and adds the query parameters.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UploadBody {
+    /// The uploaded file's name (the client's content hash).
+    pub file_name: String,
+    /// The file's bytes, standard base64.
+    pub data_b64: String,
+    /// `repo_id` from the query string (`repos/upload_code`).
+    #[serde(default)]
+    pub repo_id: Option<String>,
 }
 
 impl RouteId {
+    /// Whether the route takes a multipart file upload instead of a JSON body, and the
+    /// largest upload it accepts (dstack: 2 MiB for code, `DSTACK_SERVER_FILE_UPLOAD_LIMIT`
+    /// for archives).
+    pub fn upload_limit(self) -> Option<usize> {
+        match self {
+            RouteId::ReposUploadCode => Some(2 * 1024 * 1024),
+            RouteId::FilesUploadArchive => Some(32 * 1024 * 1024),
+            _ => None,
+        }
+    }
+
     /// The concrete path with placeholders filled in (percent-encoding is left to the
     /// transport; dstack names are URL-safe by their regexes).
     pub fn path(self, params: &PathParams) -> String {

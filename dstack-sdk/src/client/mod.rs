@@ -16,6 +16,7 @@
 mod backends;
 mod fleets;
 mod instances;
+mod offers;
 mod projects;
 mod runs;
 mod secrets;
@@ -34,8 +35,9 @@ use crate::{Error, ErrorKind};
 pub use backends::Backends;
 pub use fleets::{Fleets, fleet_spec};
 pub use instances::Instances;
+pub use offers::Offers;
 pub use projects::{Members, ProjectHandle, Projects};
-pub use runs::{Logs, Runs};
+pub use runs::{LogFollower, Logs, Runs};
 pub use secrets::Secrets;
 pub use users::Users;
 

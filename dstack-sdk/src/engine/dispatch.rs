@@ -78,6 +78,13 @@ pub(crate) async fn call(
         RunsStop => engine.runs_stop(&ctx, body).await,
         RunsDelete => engine.runs_delete(&ctx, body).await,
         LogsPoll => engine.logs_poll(&ctx, body).await,
+        GpusList => engine.gpus_list(&ctx, body).await,
+        UsersPublicKeysList => engine.public_keys_list(&ctx).await,
+        UsersPublicKeysAdd => engine.public_keys_add(&ctx, body).await,
+        UsersPublicKeysDelete => engine.public_keys_delete(&ctx, body).await,
+        ReposUploadCode => engine.repos_upload_code(&ctx, body).await,
+        FilesUploadArchive => engine.files_upload_archive(&ctx, body).await,
+        FilesGetArchiveByHash => engine.files_get_archive_by_hash(&ctx, body).await,
 
         #[allow(unreachable_patterns)]
         _ => Err(Error::new(

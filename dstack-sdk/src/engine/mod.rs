@@ -9,7 +9,9 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 mod dispatch;
+mod links;
 pub mod pipelines;
+mod planner;
 mod read_cache;
 pub mod services;
 pub mod ssh_deploy;
@@ -79,6 +81,12 @@ impl EngineOptions {
             o.user_project_quota = q;
         }
         o.pipelines.enabled = !env_flag("DSTACK_SERVER_BACKGROUND_PROCESSING_DISABLED");
+        if let Some(s) = std::env::var("DSTACK_SERVER_JOB_DISCONNECT_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            o.pipelines.job_disconnect_timeout = std::time::Duration::from_secs(s);
+        }
         o.agent = ssh_deploy::AgentDeployOptions::from_env();
         o
     }
@@ -97,6 +105,8 @@ pub(crate) struct Inner {
     pub(crate) permissions: std::sync::RwLock<DefaultPermissions>,
     pub(crate) options: EngineOptions,
     pub(crate) pipelines: pipelines::Pipelines,
+    pub(crate) catalog: planner::EngineCatalog,
+    pub(crate) links: links::Links,
 }
 
 /// The engine: cheap to clone (an `Arc` inside).
@@ -148,6 +158,21 @@ impl Engine {
         Self::start(Store::open_memory().await?, options).await
     }
 
+    /// Loads the offer catalog from `GPUHUNT_CATALOG_DIR` (gpuhunt's CSV layout) when set.
+    /// Without it, backends offer nothing and plans list existing instances only.
+    fn load_catalog(&self) {
+        match crate::offers::Catalog::from_env_dir() {
+            Some(Ok(c)) => {
+                tracing::info!(rows = c.len(), "offer catalog loaded");
+                self.inner.catalog.replace(c);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot load the offer catalog"),
+            None => tracing::info!(
+                "no offer catalog: set GPUHUNT_CATALOG_DIR to a directory of gpuhunt CSV files"
+            ),
+        }
+    }
+
     async fn start(store: Store, options: EngineOptions) -> crate::Result<(Self, StartupInfo)> {
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -157,8 +182,11 @@ impl Engine {
                 permissions: std::sync::RwLock::new(DefaultPermissions::default()),
                 options,
                 pipelines: pipelines::Pipelines::default(),
+                catalog: planner::EngineCatalog::default(),
+                links: links::Links::default(),
             }),
         };
+        engine.load_catalog();
         let info = startup::run(&engine).await?;
         if engine.inner.options.pipelines.enabled {
             engine.start_pipelines();

@@ -59,13 +59,25 @@ impl Default for AgentDeployOptions {
 }
 
 impl AgentDeployOptions {
-    /// Defaults, with `$DSTACK_AGENT_BINARY` applied.
+    /// Defaults, with these variables applied when set: `DSTACK_AGENT_BINARY`,
+    /// `DSTACK_AGENT_REMOTE_PATH`, `DSTACK_AGENT_HOME`, `DSTACK_AGENT_SHIM_PORT`,
+    /// `DSTACK_AGENT_RUNNER_PORT`.
     pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let d = Self::default();
         Self {
             binary: std::env::var_os("DSTACK_AGENT_BINARY")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
-            ..Self::default()
+            remote_path: var("DSTACK_AGENT_REMOTE_PATH").unwrap_or(d.remote_path),
+            home: var("DSTACK_AGENT_HOME").unwrap_or(d.home),
+            shim_port: var("DSTACK_AGENT_SHIM_PORT")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(d.shim_port),
+            runner_port: var("DSTACK_AGENT_RUNNER_PORT")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(d.runner_port),
+            ..d
         }
     }
 

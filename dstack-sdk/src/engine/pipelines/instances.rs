@@ -204,6 +204,7 @@ async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> c
             .rows_affected()
         }
         Finish::Terminated(reason, message) => {
+            engine.inner.links.forget_instance(&row.id);
             tracing::info!(instance = %row.name, reason = reason.as_str(), %message, "instance terminated");
             sqlx::query(
                 "UPDATE instances SET status = 'TERMINATED', termination_reason = $1, \
@@ -221,19 +222,22 @@ async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> c
             .await?
             .rows_affected()
         }
-        Finish::Deleted => sqlx::query(
-            "UPDATE instances SET status = 'TERMINATED', deleted = TRUE, deleted_at = $1, \
+        Finish::Deleted => {
+            engine.inner.links.forget_instance(&row.id);
+            sqlx::query(
+                "UPDATE instances SET status = 'TERMINATED', deleted = TRUE, deleted_at = $1, \
              finished_at = COALESCE(finished_at, $1), last_processed_at = $1, \
              lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
              WHERE id = $2 AND lock_token = $3 AND status = $4",
-        )
-        .bind(&now)
-        .bind(&row.id)
-        .bind(token)
-        .bind(status_read)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected(),
+            )
+            .bind(&now)
+            .bind(&row.id)
+            .bind(token)
+            .bind(status_read)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        }
     };
     if affected == 1
         && let Some(fid) = &row.fleet_id

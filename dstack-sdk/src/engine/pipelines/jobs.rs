@@ -11,7 +11,6 @@
 //! * a **terminating** job is stopped (shim terminate + remove) and finished;
 //! * a run's status follows its jobs; a stopped run terminates its jobs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,14 +18,13 @@ use tracing::Instrument;
 
 use crate::agent::client::{RunnerClient, ShimClient};
 use crate::agent::protocol::runner::{JobState, SubmitBody};
-use crate::agent::protocol::shim::{TaskConfig, TerminateRequest};
+use crate::agent::protocol::shim::{TaskConfig, TaskStatus, TerminateRequest};
 use crate::engine::services::instances::{InstanceRow, select_instances};
-use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db};
-use crate::engine::ssh_deploy::target_of;
+use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db, select_jobs};
 use crate::engine::{Engine, time};
 use crate::models::jobs::{JobStatus, JobTerminationReason};
+use crate::models::profiles::RetryEvent;
 use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
-use crate::ssh::{ConnectOptions, SshConnection, Tunnel};
 use crate::{Error, ErrorKind};
 
 use super::{Lease, Pipeline, PipelineKind, db_before};
@@ -63,7 +61,8 @@ impl Pipeline for RunPipeline {
 
     lease_impl!(
         "runs",
-        "deleted = FALSE AND status IN ('submitted', 'provisioning', 'running', 'terminating')"
+        "deleted = FALSE AND status IN ('pending', 'submitted', 'provisioning', 'running', \
+         'terminating')"
     );
 
     async fn process(engine: Engine, id: String, token: String) {
@@ -171,57 +170,24 @@ async fn release_instance(engine: &Engine, instance_id: &str) -> crate::Result<(
     Ok(())
 }
 
-/// An SSH connection to an instance with tunnels to its shim and runner.
+/// Clients of an instance's shim and runner, through the engine's pooled tunnels.
 struct AgentLink {
-    conn: Arc<SshConnection>,
-    _shim_tunnel: Tunnel,
-    _runner_tunnel: Tunnel,
     shim: ShimClient,
     runner: RunnerClient,
 }
 
 impl AgentLink {
     async fn open(engine: &Engine, inst: &InstanceRow) -> crate::Result<Self> {
-        let rci = engine.remote_connection_info(inst)?.ok_or_else(|| {
-            Error::new(ErrorKind::Internal, "instance has no SSH connection info")
-        })?;
-        let ssh_err = |e: crate::ssh::SshError| Error::new(ErrorKind::Internal, e.to_string());
-        let opts = ConnectOptions {
-            connect_timeout: Duration::from_secs(10),
-            ..ConnectOptions::default()
-        };
-        let conn = SshConnection::connect(&target_of(&rci), &opts)
-            .await
-            .map_err(ssh_err)?;
         let agent = &engine.inner.options.agent;
-        let shim_tunnel = conn
-            .forward_local("127.0.0.1", agent.shim_port)
-            .await
-            .map_err(ssh_err)?;
-        let runner_tunnel = conn
-            .forward_local("127.0.0.1", agent.runner_port)
-            .await
-            .map_err(ssh_err)?;
-        let agent_err =
-            |e: crate::agent::AgentError| Error::new(ErrorKind::Internal, e.to_string());
-        let shim =
-            ShimClient::new(&format!("http://{}", shim_tunnel.local_addr())).map_err(agent_err)?;
-        let runner = RunnerClient::new(&format!("http://{}", runner_tunnel.local_addr()))
-            .map_err(agent_err)?;
-        Ok(Self {
-            conn,
-            _shim_tunnel: shim_tunnel,
-            _runner_tunnel: runner_tunnel,
-            shim,
-            runner,
-        })
+        let shim_addr = engine.instance_tunnel(inst, agent.shim_port).await?;
+        let runner_addr = engine.instance_tunnel(inst, agent.runner_port).await?;
+        let shim = ShimClient::new(&format!("http://{shim_addr}")).map_err(agent_err)?;
+        let runner = RunnerClient::new(&format!("http://{runner_addr}")).map_err(agent_err)?;
+        Ok(Self { shim, runner })
     }
 
-    async fn close(self) {
-        drop(self._shim_tunnel);
-        drop(self._runner_tunnel);
-        self.conn.close().await;
-    }
+    /// Nothing to tear down: the tunnels stay pooled for the next tick.
+    async fn close(self) {}
 }
 
 fn agent_err(e: crate::agent::AgentError) -> Error {
@@ -247,7 +213,15 @@ async fn assign_instance(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         .bind(&job.id)
         .fetch_one(engine.store().reader())
         .await?;
-    let candidates = engine.idle_instances_for(&project_id.0, &spec).await?;
+    let run = run_row(engine, &job.run_id)
+        .await?
+        .ok_or_else(Error::not_found)?;
+    let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    let profile = run_spec.merged_profile();
+    let candidates = engine
+        .idle_instances_for(&project_id.0, &spec, &profile)
+        .await?;
     for (inst, _offer) in candidates {
         let now = time::to_db(time::now());
         let mut tx = engine.store().begin().await?;
@@ -305,7 +279,13 @@ async fn job_instance(engine: &Engine, job: &JobRow) -> crate::Result<InstanceRo
         .ok_or_else(Error::not_found)
 }
 
+/// PROVISIONING → PULLING: submits the shim task with the keys that let the run's user in
+/// (dstack's `host_ssh_user`/`host_ssh_keys` for the host hop, `container_ssh_keys` for the
+/// job's own SSH endpoint).
 async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    if job.status() == JobStatus::Pulling {
+        return start_runner(engine, job).await;
+    }
     let inst = job_instance(engine, job).await?;
     let run = run_row(engine, &job.run_id)
         .await?
@@ -313,15 +293,87 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
     let spec = job.spec()?;
-    let link = AgentLink::open(engine, &inst).await?;
+    let project_key: Option<(String,)> = sqlx::query_as(
+        "SELECT p.ssh_public_key FROM projects p JOIN runs r ON r.project_id = p.id \
+             WHERE r.id = $1",
+    )
+    .bind(&run.id)
+    .fetch_optional(engine.store().reader())
+    .await?;
+    let user_key = run_spec
+        .ssh_key_pub
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let jpd: Option<serde_json::Value> = job
+        .job_provisioning_data
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok());
+    let host_user = jpd
+        .as_ref()
+        .and_then(|v| v.get("username"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let mut task = TaskConfig::new(
+        job.id.clone(),
+        spec.job_name.clone(),
+        spec.image_name.clone(),
+    );
+    task.privileged = spec.privileged;
+    task.container_ssh_keys = project_key
+        .iter()
+        .map(|(k,)| k.trim().to_string())
+        .chain(user_key.map(str::to_string))
+        .collect();
+    if let Some(k) = user_key {
+        task.host_ssh_user = host_user;
+        task.host_ssh_keys = vec![k.to_string()];
+    }
+    let link = match AgentLink::open(engine, &inst).await {
+        Ok(l) => l,
+        Err(e) => return agent_unreachable(engine, job, e).await,
+    };
+    let result = link.shim.submit_task(&task).await;
+    link.close().await;
+    match result {
+        Ok(_) => {}
+        // Submitted by an earlier tick whose write-back was lost: carry on.
+        Err(e) if e.http_status() == 409 => {}
+        Err(e) => return fail_start(engine, job, &inst, agent_err(e)).await,
+    }
+    set_job_status(engine, &job.id, JobStatus::Pulling, None, None, None).await
+}
+
+/// PULLING → RUNNING: once the shim task runs, records its port mapping and hands the job
+/// to the runner (submit + run).
+async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    let inst = job_instance(engine, job).await?;
+    let run = run_row(engine, &job.run_id)
+        .await?
+        .ok_or_else(Error::not_found)?;
+    let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
+        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    let spec = job.spec()?;
+    let link = match AgentLink::open(engine, &inst).await {
+        Ok(l) => l,
+        Err(e) => return agent_unreachable(engine, job, e).await,
+    };
     let result = async {
-        let mut task = TaskConfig::new(
-            job.id.clone(),
-            spec.job_name.clone(),
-            spec.image_name.clone(),
-        );
-        task.privileged = spec.privileged;
-        link.shim.submit_task(&task).await.map_err(agent_err)?;
+        let info = link.shim.get_task(&job.id).await.map_err(agent_err)?;
+        match info.status {
+            TaskStatus::Running => {}
+            TaskStatus::Terminated => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "the agent stopped the task: {} {}",
+                        info.termination_reason, info.termination_message
+                    ),
+                ));
+            }
+            _ => return Ok(None),
+        }
         let body = json!({
             "run": {
                 "id": run.id,
@@ -343,27 +395,131 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         let body: SubmitBody = serde_json::from_value(body)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("submit body: {e}")))?;
         link.runner.submit(&body).await.map_err(agent_err)?;
-        link.runner.run().await.map_err(agent_err)?;
-        Ok::<_, Error>(())
+        for fa in &spec.file_archives {
+            let id = fa.id.to_string();
+            let data = engine.file_archive_blob(&id).await?.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "file archive {id} for {} is gone; apply the run again",
+                        fa.path
+                    ),
+                )
+            })?;
+            link.runner
+                .upload_archive(&id, &data)
+                .await
+                .map_err(agent_err)?;
+        }
+        let repo: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT repo_id FROM runs WHERE id = $1")
+                .bind(&run.id)
+                .fetch_optional(engine.store().reader())
+                .await?;
+        if let (Some(hash), Some(repo)) = (
+            spec.repo_code_hash.as_deref(),
+            repo.and_then(|r| r.0).as_deref(),
+        ) && let Some(code) = engine.code_blob(repo, hash).await?
+        {
+            link.runner.upload_code(code).await.map_err(agent_err)?;
+        }
+        let job_info = link.runner.run().await.map_err(agent_err)?;
+        Ok(Some((info, job_info)))
     }
     .await;
     link.close().await;
     match result {
-        Ok(()) => set_job_status(engine, &job.id, JobStatus::Running, None, None, None).await,
-        Err(e) => {
-            tracing::warn!(job = %job.id, error = %e, "starting the job failed");
-            set_job_status(
-                engine,
-                &job.id,
-                JobStatus::Failed,
-                Some(JobTerminationReason::ExecutorError),
-                Some(e.message()),
-                None,
-            )
-            .await?;
-            release_instance(engine, &inst.id).await
+        Ok(None) => Ok(()),
+        Ok(Some((task, job_info))) => {
+            let ports: serde_json::Map<String, serde_json::Value> = task
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .map(|p| (p.container.to_string(), json!(p.host)))
+                .collect();
+            let host_user = job
+                .job_provisioning_data
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                .and_then(|v| v.get("username").and_then(|u| u.as_str()).map(String::from));
+            let username = job_info
+                .as_ref()
+                .map(|j| j.username.clone())
+                .filter(|u| !u.is_empty())
+                .or(host_user);
+            let working_dir = job_info.map(|j| j.working_dir).filter(|w| !w.is_empty());
+            let jrd = json!({
+                "network_mode": "host",
+                "gpu": null,
+                "cpu": null,
+                "memory": null,
+                "ports": (!ports.is_empty()).then_some(ports),
+                "volume_names": null,
+                "offer": null,
+                "working_dir": working_dir,
+                "username": username,
+            });
+            let mut tx = engine.store().begin().await?;
+            sqlx::query("UPDATE jobs SET job_runtime_data = $1 WHERE id = $2")
+                .bind(jrd.to_string())
+                .bind(&job.id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            set_job_status(engine, &job.id, JobStatus::Running, None, None, None).await
         }
+        Err(e) => fail_start(engine, job, &inst, e).await,
     }
+}
+
+/// How long a job may wait for an unreachable agent before it fails.
+const AGENT_WAIT_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// The agent could not be reached (SSH or tunnel): retried on later ticks, failed with
+/// `waiting_runner_limit_exceeded` after [`AGENT_WAIT_LIMIT`] in this state.
+async fn agent_unreachable(engine: &Engine, job: &JobRow, e: Error) -> crate::Result<()> {
+    let since = time::from_db(&job.submitted_at).unwrap_or_else(time::now);
+    let waited = (time::now() - since).to_std().unwrap_or_default();
+    tracing::warn!(job = %job.id, error = %e, "the host agent is unreachable");
+    if waited < AGENT_WAIT_LIMIT {
+        return Ok(());
+    }
+    let inst = job_instance(engine, job).await?;
+    set_job_status(
+        engine,
+        &job.id,
+        JobStatus::Failed,
+        Some(JobTerminationReason::WaitingRunnerLimitExceeded),
+        Some(&format!(
+            "The host agent did not answer for {} s: {}. Check that the host is up and \
+             reachable over SSH.",
+            AGENT_WAIT_LIMIT.as_secs(),
+            e.message()
+        )),
+        None,
+    )
+    .await?;
+    release_instance(engine, &inst.id).await
+}
+
+/// The agent refused the job: it fails with `executor_error` and the instance is released.
+async fn fail_start(
+    engine: &Engine,
+    job: &JobRow,
+    inst: &InstanceRow,
+    e: Error,
+) -> crate::Result<()> {
+    tracing::warn!(job = %job.id, error = %e, "starting the job failed");
+    set_job_status(
+        engine,
+        &job.id,
+        JobStatus::Failed,
+        Some(JobTerminationReason::ExecutorError),
+        Some(e.message()),
+        None,
+    )
+    .await?;
+    release_instance(engine, &inst.id).await
 }
 
 async fn store_logs(
@@ -398,13 +554,34 @@ async fn store_logs(
 }
 
 async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+    if let Some(max) = job.spec()?.max_duration.filter(|m| *m > 0) {
+        let age = time::from_db(&job.submitted_at).map(|t| (time::now() - t).num_seconds());
+        if age.is_some_and(|a| a > max) {
+            tracing::info!(job = %job.id, max, "max_duration exceeded; stopping the job");
+            let mut tx = engine.store().begin().await?;
+            sqlx::query(
+                "UPDATE jobs SET status = 'terminating', termination_reason = $1, \
+                 skip_min_processing_interval = TRUE WHERE id = $2 AND status = 'running'",
+            )
+            .bind(JobTerminationReason::MaxDurationExceeded.as_str())
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            engine.hint(PipelineKind::Jobs);
+            return Ok(());
+        }
+    }
     let inst = job_instance(engine, job).await?;
     let ts: (Option<i64>,) = sqlx::query_as("SELECT runner_timestamp FROM jobs WHERE id = $1")
         .bind(&job.id)
         .fetch_one(engine.store().reader())
         .await?;
     let mut timestamp = ts.0.unwrap_or(0);
-    let link = AgentLink::open(engine, &inst).await?;
+    let link = match AgentLink::open(engine, &inst).await {
+        Ok(l) => l,
+        Err(e) => return job_disconnected(engine, job, &inst, e).await,
+    };
     let mut final_state = None;
     let result = async {
         // `has_more` stays true while the job runs; pull again only while pages come full.
@@ -434,15 +611,19 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     }
     .await;
     let mut tx = engine.store().begin().await?;
-    sqlx::query("UPDATE jobs SET runner_timestamp = $1 WHERE id = $2")
-        .bind(timestamp)
-        .bind(&job.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE jobs SET runner_timestamp = $1, \
+         disconnected_at = CASE WHEN $2 THEN NULL ELSE disconnected_at END WHERE id = $3",
+    )
+    .bind(timestamp)
+    .bind(result.is_ok())
+    .bind(&job.id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     if let Err(e) = result {
         link.close().await;
-        return Err(e);
+        return job_disconnected(engine, job, &inst, e).await;
     }
     let Some(state) = final_state else {
         link.close().await;
@@ -459,7 +640,7 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
             JobTerminationReason::ContainerExitedWithError,
         ),
     };
-    stop_task(&link, &job.id, reason.as_str()).await;
+    stop_task(&link, &job.id, reason.as_str(), 0).await;
     link.close().await;
     let message =
         (!state.termination_message.is_empty()).then_some(state.termination_message.as_str());
@@ -475,10 +656,63 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     release_instance(engine, &inst.id).await
 }
 
-async fn stop_task(link: &AgentLink, id: &str, reason: &str) {
+async fn set_disconnected_at(engine: &Engine, id: &str, at: String) -> crate::Result<()> {
+    let mut tx = engine.store().begin().await?;
+    sqlx::query("UPDATE jobs SET disconnected_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A running job's agent did not answer: the first failure is recorded; once it lasts past
+/// the disconnect timeout the job fails with `instance_unreachable` and the instance is
+/// released (its own pipeline checks the host).
+async fn job_disconnected(
+    engine: &Engine,
+    job: &JobRow,
+    inst: &InstanceRow,
+    e: Error,
+) -> crate::Result<()> {
+    let since: (Option<String>,) = sqlx::query_as("SELECT disconnected_at FROM jobs WHERE id = $1")
+        .bind(&job.id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    let now = time::now();
+    let Some(since) = since.0.as_deref().and_then(time::from_db) else {
+        tracing::warn!(job = %job.id, instance = %inst.name, error = %e, "lost contact with the job's agent");
+        set_disconnected_at(engine, &job.id, time::to_db(now)).await?;
+        return Ok(());
+    };
+    let limit = engine.inner.options.pipelines.job_disconnect_timeout;
+    if (now - since).to_std().unwrap_or_default() < limit {
+        return Ok(());
+    }
+    set_job_status(
+        engine,
+        &job.id,
+        JobStatus::Failed,
+        Some(JobTerminationReason::InstanceUnreachable),
+        Some(&format!(
+            "The agent on {} has not answered for {} s ({}). Check that the host is up and \
+             that `dstack-agent` runs there; add `retry` to the configuration to resubmit \
+             automatically.",
+            inst.name,
+            limit.as_secs(),
+            e.message()
+        )),
+        None,
+    )
+    .await?;
+    release_instance(engine, &inst.id).await
+}
+
+async fn stop_task(link: &AgentLink, id: &str, reason: &str, timeout: u64) {
     let req = TerminateRequest {
         termination_reason: reason.to_string(),
-        timeout: 10,
+        timeout,
         ..Default::default()
     };
     if let Err(e) = link.shim.terminate_task(id, &req).await {
@@ -499,8 +733,19 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         let inst = job_instance(engine, job).await?;
         match AgentLink::open(engine, &inst).await {
             Ok(link) => {
+                // Graceful stop within `stop_duration` (dstack's default 5 min); an abort
+                // kills at once.
+                let grace = if reason == JobTerminationReason::AbortedByUser {
+                    0
+                } else {
+                    job.spec()
+                        .ok()
+                        .and_then(|s| s.stop_duration)
+                        .and_then(|d| u64::try_from(d).ok())
+                        .unwrap_or(0)
+                };
                 let _ = link.runner.stop().await;
-                stop_task(&link, &job.id, reason.as_str()).await;
+                stop_task(&link, &job.id, reason.as_str(), grace).await;
                 link.close().await;
             }
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot reach the agent"),
@@ -523,6 +768,23 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         return Ok(());
     };
     let status: RunStatus = enum_from_db(&run.status).unwrap_or(RunStatus::Failed);
+    if status == RunStatus::Pending {
+        return resubmit_when_due(engine, &run).await;
+    }
+    if status != RunStatus::Terminating && needs_retry(engine, &run).await? {
+        let mut tx = engine.store().begin().await?;
+        sqlx::query(
+            "UPDATE runs SET status = 'pending', resubmission_attempt = resubmission_attempt + 1, \
+             last_processed_at = $1 WHERE id = $2",
+        )
+        .bind(time::to_db(time::now()))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(run = %run.run_name, "a job failed; the run waits to be resubmitted by its retry policy");
+        return Ok(());
+    }
     let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT id, status, instance_id FROM jobs j WHERE run_id = $1 AND submission_num = \
          (SELECT MAX(submission_num) FROM jobs k WHERE k.run_id = j.run_id \
@@ -615,6 +877,144 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         tx.commit().await?;
         tracing::info!(run = %run.run_name, status = %new_status.as_str(), "run status changed");
     }
+    Ok(())
+}
+
+/// The latest submission of every job of a run.
+async fn latest_jobs(engine: &Engine, run_id: &str) -> crate::Result<Vec<JobRow>> {
+    Ok(sqlx::query_as(select_jobs!(
+        "run_id = $1 AND submission_num = (SELECT MAX(k.submission_num) FROM jobs k \
+         WHERE k.run_id = jobs.run_id AND k.job_num = jobs.job_num \
+         AND k.replica_num = jobs.replica_num) ORDER BY replica_num, job_num"
+    ))
+    .bind(run_id)
+    .fetch_all(engine.store().reader())
+    .await?)
+}
+
+/// Whether a failed latest submission of the run should be resubmitted (dstack's
+/// `_should_retry_job`): its termination reason maps to an event of the job's retry policy
+/// and the retry window has not passed — measured from the run's submission for
+/// `no-capacity` before the job ever got an instance, else from the last provisioned
+/// submission.
+async fn needs_retry(engine: &Engine, run: &RunRow) -> crate::Result<bool> {
+    let now = time::now();
+    let mut any = false;
+    for job in latest_jobs(engine, &run.id).await? {
+        let st = job.status();
+        let retryable_status = st == JobStatus::Failed
+            || (matches!(st, JobStatus::Terminated | JobStatus::Aborted)
+                && !matches!(
+                    job.termination_reason.as_deref(),
+                    Some("done_by_runner" | "scaled_down")
+                ));
+        if !retryable_status {
+            if st.is_finished() && st != JobStatus::Done {
+                return Ok(false);
+            }
+            continue;
+        }
+        let Some(reason) = job
+            .termination_reason
+            .as_deref()
+            .and_then(JobTerminationReason::from_wire)
+        else {
+            return Ok(false);
+        };
+        let Some(retry) = job.spec()?.retry else {
+            return Ok(false);
+        };
+        let Some(event) = reason.to_retry_event() else {
+            return Ok(false);
+        };
+        if !retry.on_events.contains(&event) {
+            return Ok(false);
+        }
+        let provisioned: Option<(String,)> = sqlx::query_as(
+            "SELECT last_processed_at FROM jobs WHERE run_id = $1 AND job_num = $2 \
+             AND replica_num = $3 AND job_provisioning_data IS NOT NULL \
+             ORDER BY submission_num DESC LIMIT 1",
+        )
+        .bind(&run.id)
+        .bind(job.job_num)
+        .bind(job.replica_num)
+        .fetch_optional(engine.store().reader())
+        .await?;
+        let since = match (&provisioned, event) {
+            (None, RetryEvent::NoCapacity) => time::from_db(&run.submitted_at),
+            (Some((at,)), _) => time::from_db(at),
+            (None, _) => return Ok(false),
+        };
+        let elapsed = since.map(|t| (now - t).num_seconds()).unwrap_or(i64::MAX);
+        if elapsed >= retry.duration {
+            return Ok(false);
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
+/// dstack's back-off between resubmissions of a pending run.
+fn retry_delay(attempt: i64) -> Duration {
+    const DELAYS: [u64; 6] = [15, 30, 60, 120, 300, 600];
+    let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(0);
+    Duration::from_secs(DELAYS[i.min(DELAYS.len() - 1)])
+}
+
+/// A PENDING run gets new submissions of its unfinished jobs once the back-off passed.
+async fn resubmit_when_due(engine: &Engine, run: &RunRow) -> crate::Result<()> {
+    let (attempt,): (i64,) = sqlx::query_as("SELECT resubmission_attempt FROM runs WHERE id = $1")
+        .bind(&run.id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    let jobs = latest_jobs(engine, &run.id).await?;
+    let last = jobs
+        .iter()
+        .filter_map(|j| time::from_db(&j.last_processed_at))
+        .max()
+        .unwrap_or_else(time::now);
+    let waited = (time::now() - last).to_std().unwrap_or_default();
+    if waited < retry_delay(attempt) {
+        return Ok(());
+    }
+    let now = time::to_db(time::now());
+    let mut tx = engine.store().begin().await?;
+    for j in jobs.iter().filter(|j| j.status() != JobStatus::Done) {
+        let (project_id, job_name): (String, String) =
+            sqlx::query_as("SELECT project_id, job_name FROM jobs WHERE id = $1")
+                .bind(&j.id)
+                .fetch_one(engine.store().reader())
+                .await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, project_id, run_id, run_name, job_num, job_name, replica_num, \
+             submission_num, deployment_num, submitted_at, last_processed_at, status, \
+             job_spec_data) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10,'submitted',$11)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&project_id)
+        .bind(&run.id)
+        .bind(&run.run_name)
+        .bind(j.job_num)
+        .bind(&job_name)
+        .bind(j.replica_num)
+        .bind(j.submission_num + 1)
+        .bind(j.deployment_num)
+        .bind(&now)
+        .bind(&j.job_spec_data)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE runs SET status = 'submitted', termination_reason = NULL, last_processed_at = $1 \
+         WHERE id = $2",
+    )
+    .bind(&now)
+    .bind(&run.id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(run = %run.run_name, attempt, "run resubmitted by its retry policy");
+    engine.hint(PipelineKind::Jobs);
     Ok(())
 }
 

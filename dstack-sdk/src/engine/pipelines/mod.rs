@@ -97,6 +97,9 @@ pub struct PipelineOptions {
     pub lease: Duration,
     /// Workers per pipeline.
     pub workers: usize,
+    /// How long a running job's agent may stay unreachable before the job fails with
+    /// `instance_unreachable` (`DSTACK_SERVER_JOB_DISCONNECT_TIMEOUT`, seconds; default 120).
+    pub job_disconnect_timeout: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -105,6 +108,7 @@ impl Default for PipelineOptions {
             enabled: true,
             lease: Duration::from_secs(30),
             workers: 10,
+            job_disconnect_timeout: Duration::from_secs(120),
         }
     }
 }

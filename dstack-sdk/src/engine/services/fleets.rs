@@ -1033,6 +1033,7 @@ impl Engine {
             if f.spec()?.configuration.ssh_config.is_some() {
                 self.check_can_manage_ssh_fleets(ctx)?;
             }
+            self.check_fleet_not_in_use(f, instance_nums).await?;
         }
         let mut targets: Vec<InstanceRow> = Vec::new();
         for f in &fleets {
@@ -1076,6 +1077,49 @@ impl Engine {
         self.hint(PipelineKind::Instances);
         self.hint(PipelineKind::Fleets);
         Ok(Value::Null)
+    }
+
+    /// dstack's `is_fleet_in_use`: a fleet (or the selected instances) with unfinished jobs
+    /// on its instances, or — with no job placed yet — an unfinished run bound to it, cannot
+    /// be deleted.
+    async fn check_fleet_not_in_use(
+        &self,
+        fleet: &FleetRow,
+        instance_nums: Option<&[i64]>,
+    ) -> crate::Result<()> {
+        let busy: Vec<(i64,)> = sqlx::query_as(
+            "SELECT DISTINCT i.instance_num FROM instances i JOIN jobs j ON j.instance_id = i.id \
+             WHERE i.fleet_id = $1 AND i.deleted = FALSE AND j.status NOT IN \
+             ('done', 'failed', 'terminated', 'aborted')",
+        )
+        .bind(&fleet.id)
+        .fetch_all(self.store().reader())
+        .await?;
+        let selected_busy = match instance_nums {
+            Some(nums) => busy.iter().any(|(n,)| nums.contains(n)),
+            None => !busy.is_empty(),
+        };
+        let active_runs: Option<(String,)> = if instance_nums.is_none() && busy.is_empty() {
+            sqlx::query_as(
+                "SELECT id FROM runs WHERE fleet_id = $1 AND deleted = FALSE AND status NOT IN \
+                 ('done', 'failed', 'terminated') LIMIT 1",
+            )
+            .bind(&fleet.id)
+            .fetch_optional(self.store().reader())
+            .await?
+        } else {
+            None
+        };
+        if selected_busy || active_runs.is_some() {
+            return Err(client_error(match instance_nums {
+                Some(nums) => format!(
+                    "Failed to delete fleet {} instances {:?}. Fleet instances are in use.",
+                    fleet.name, nums
+                ),
+                None => format!("Failed to delete fleet {}. Fleet is in use.", fleet.name),
+            }));
+        }
+        Ok(())
     }
 }
 

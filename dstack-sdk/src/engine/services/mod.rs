@@ -2,10 +2,15 @@
 //! transaction, and return wire models.
 
 pub mod backends;
+pub mod files;
 pub mod fleets;
+pub mod gpus;
 pub mod instances;
 pub mod logs;
 pub mod projects;
+#[cfg(feature = "http")]
+pub mod proxy;
+pub mod public_keys;
 pub mod repos;
 pub mod runs;
 pub mod secrets;

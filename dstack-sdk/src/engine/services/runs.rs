@@ -22,7 +22,7 @@ use crate::models::runs::{
 };
 use crate::spec::resources::job_requirements;
 
-use super::instances::{InstanceRow, select_instances};
+use super::instances::InstanceRow;
 use super::{parse_body, to_json};
 
 /// The default image (`dstackai/base:<version>-base-ubuntu<ubuntu>`).
@@ -105,6 +105,7 @@ macro_rules! select_jobs {
         )
     };
 }
+pub(crate) use select_jobs;
 
 impl JobRow {
     /// The job status.
@@ -155,12 +156,12 @@ fn client_error(msg: impl Into<String>) -> Error {
 
 /// The shell command list of a configuration (dstack's `JobConfigurator._commands`, without
 /// the base-image preamble, which the process executor does not need).
-fn job_commands(conf: &RunConfiguration) -> crate::Result<Vec<String>> {
+fn job_commands(conf: &RunConfiguration, run_name: &str) -> crate::Result<Vec<String>> {
     let common = conf.common();
     let shell_commands: Vec<String> = match conf {
         RunConfiguration::Task(t) => t.commands.clone(),
         RunConfiguration::Service(s) => s.commands.clone(),
-        RunConfiguration::DevEnvironment(d) => d.init.clone(),
+        RunConfiguration::DevEnvironment(d) => dev_environment_commands(d, conf, run_name),
     };
     let mut out = Vec::new();
     if let Some(ep) = &common.entrypoint {
@@ -195,6 +196,98 @@ fn job_commands(conf: &RunConfiguration) -> crate::Result<Vec<String>> {
     Ok(out)
 }
 
+/// dstack's `DevEnvironmentJobConfigurator._shell_commands`: IDE server install (VS Code
+/// with a pinned `version` only), ipykernel, setup, init, connection hints, then idle.
+fn dev_environment_commands(
+    d: &crate::models::configurations::DevEnvironmentConfiguration,
+    conf: &RunConfiguration,
+    run_name: &str,
+) -> Vec<String> {
+    use crate::models::configurations::Ide;
+    let mut out = Vec::new();
+    if let (Some(Ide::Vscode), Some(version)) = (d.ide, d.version.as_deref()) {
+        let target = format!("~/.vscode-server/bin/\"{version}\"");
+        out.extend([
+            r#"if [ $(uname -m) = "aarch64" ]; then arch="arm64"; else arch="x64"; fi"#.to_string(),
+            "mkdir -p /tmp".to_string(),
+            format!(
+                "wget -q --show-progress \"https://update.code.visualstudio.com/commit:{version}/server-linux-$arch/stable\" -O \"/tmp/vscode-server-linux-$arch.tar.gz\""
+            ),
+            format!("mkdir -vp {target}"),
+            format!(
+                "tar --no-same-owner -xz --strip-components=1 -C {target} -f \"/tmp/vscode-server-linux-$arch.tar.gz\""
+            ),
+            "rm \"/tmp/vscode-server-linux-$arch.tar.gz\"".to_string(),
+            format!(
+                "PATH=\"$PATH\":{target}/bin code-server --install-extension \"ms-python.python\" --install-extension \"ms-toolsai.jupyter\""
+            ),
+        ]);
+    }
+    out.push(
+        "(echo 'uv pip install ipykernel...' && uv pip install -q --no-cache-dir ipykernel 2> /dev/null) || \
+         (echo 'pip install ipykernel...' && pip install -q --no-cache-dir ipykernel 2> /dev/null) || \
+         echo 'no uv or pip found, ipykernel was not installed'"
+            .to_string(),
+    );
+    out.extend(conf.common().setup.iter().cloned());
+    out.push("echo".into());
+    out.extend(d.init.iter().cloned());
+    if let Some(ide) = d.ide {
+        let (name, url) = match ide {
+            Ide::Vscode => (
+                "VS Code",
+                format!("vscode://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR"),
+            ),
+            Ide::Cursor => (
+                "Cursor",
+                format!("cursor://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR"),
+            ),
+            Ide::Windsurf => (
+                "Windsurf",
+                format!("windsurf://vscode-remote/ssh-remote+{run_name}$DSTACK_WORKING_DIR"),
+            ),
+            Ide::Zed => ("Zed", format!("zed://ssh/{run_name}$DSTACK_WORKING_DIR")),
+        };
+        out.extend([
+            format!("echo 'To open in {name}, use link below:'"),
+            "echo".into(),
+            format!("echo \"  {url}\""),
+            "echo".into(),
+        ]);
+    }
+    out.extend([
+        format!("echo 'To connect via SSH, use: `ssh {run_name}`'"),
+        "echo".into(),
+        "echo -n 'To exit, press Ctrl+C.'".into(),
+        "tail -f /dev/null".into(),
+    ]);
+    out
+}
+
+/// dstack's `_app_specs`: one app per configured port outside the reserved 10000–10999
+/// range (services publish their port through the proxy instead).
+fn app_specs(conf: &RunConfiguration) -> Vec<Value> {
+    let ports = match conf {
+        RunConfiguration::Task(t) => &t.ports,
+        RunConfiguration::DevEnvironment(d) => &d.ports,
+        RunConfiguration::Service(_) => return Vec::new(),
+    };
+    ports
+        .iter()
+        .filter(|p| !(10000..=10999).contains(&p.container_port))
+        .enumerate()
+        .map(|(i, p)| {
+            serde_json::json!({
+                "port": p.container_port,
+                "map_to_port": p.local_port,
+                "app_name": format!("app_{i}"),
+                "url_path": null,
+                "url_query_params": null,
+            })
+        })
+        .collect()
+}
+
 /// The job specs of replica 0 (one per node for multi-node tasks).
 pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
     let conf = &run_spec.configuration;
@@ -204,8 +297,8 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
         RunConfiguration::Task(t) => t.nodes.unwrap_or(1).max(1),
         _ => 1,
     };
-    let commands = job_commands(conf)?;
     let run_name = run_spec.run_name.clone().unwrap_or_default();
+    let commands = job_commands(conf, &run_name)?;
     let image = common
         .image
         .clone()
@@ -256,6 +349,7 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
         "repo_dir": repo_dir,
         "file_archives": run_spec.file_archives,
         "jobs_per_replica": nodes,
+        "app_specs": app_specs(conf),
     });
     if let Some(d) = profile.params.max_duration.as_ref() {
         spec["max_duration"] = serde_json::to_value(d).unwrap_or(Value::Null);
@@ -263,6 +357,28 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
             spec["max_duration"] = Value::Null;
         }
     }
+    // dstack's `_stop_duration`: default 5 minutes, `off` means none.
+    spec["stop_duration"] = match profile.params.stop_duration.as_ref() {
+        None => Value::from(crate::models::profiles::DEFAULT_STOP_DURATION),
+        Some(crate::models::common::OffableDuration::Off) => Value::Null,
+        Some(crate::models::common::OffableDuration::Seconds(n)) => Value::from(*n),
+    };
+    // dstack's `get_retry`: `true` = every event for an hour; a policy fills its gaps.
+    spec["retry"] = match profile.params.retry.as_ref() {
+        None | Some(crate::models::profiles::Retry::Bool(false)) => Value::Null,
+        Some(crate::models::profiles::Retry::Bool(true)) => serde_json::json!({
+            "on_events": ["no-capacity", "interruption", "error"],
+            "duration": crate::models::profiles::DEFAULT_RETRY_DURATION,
+        }),
+        Some(crate::models::profiles::Retry::Policy(p)) => serde_json::json!({
+            "on_events": p.on_events.clone().unwrap_or_else(|| vec![
+                crate::models::profiles::RetryEvent::NoCapacity,
+                crate::models::profiles::RetryEvent::Interruption,
+                crate::models::profiles::RetryEvent::Error,
+            ]),
+            "duration": p.duration.unwrap_or(crate::models::profiles::DEFAULT_RETRY_DURATION),
+        }),
+    };
     let base: JobSpec = serde_json::from_value(spec)
         .map_err(|e| Error::new(crate::ErrorKind::Internal, format!("job spec: {e}")))?;
     Ok((0..nodes)
@@ -275,27 +391,33 @@ pub(crate) fn job_specs(run_spec: &RunSpec) -> crate::Result<Vec<JobSpec>> {
         .collect())
 }
 
-/// Whether an instance's offer satisfies the job's resource requirements (CPU count, memory
-/// and GPU count ranges; a simplified form of offers.md §3.3).
-pub(crate) fn offer_fits(offer: &InstanceOfferWithAvailability, spec: &JobSpec) -> bool {
-    let res = &offer.instance.resources;
-    let want = &spec.requirements.resources;
-    let in_range = |v: i64, min: Option<i64>, max: Option<i64>| {
-        min.is_none_or(|m| v >= m) && max.is_none_or(|m| v <= m)
-    };
-    if !in_range(res.cpus, want.cpu.count.min, want.cpu.count.max) {
-        return false;
+/// The service endpoint of a service run: the in-server proxy path (no gateway).
+fn service_spec(
+    conf: &RunConfiguration,
+    project: &str,
+    run_name: &str,
+) -> Option<crate::models::runs::ServiceSpec> {
+    matches!(conf, RunConfiguration::Service(_)).then(|| crate::models::runs::ServiceSpec {
+        url: format!("/proxy/services/{project}/{run_name}/"),
+        model: None,
+        options: serde_json::Map::new(),
+    })
+}
+
+/// dstack's default: a run without `ssh_key_pub` gets its user's public key (the CLI attaches
+/// with the matching private key from `users/get_my_user`).
+fn fill_ssh_key_pub(spec: &mut RunSpec, user: &super::users::UserRow) -> crate::Result<()> {
+    if spec.ssh_key_pub.is_none() {
+        match user.ssh_public_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(k) => spec.ssh_key_pub = Some(k.to_string()),
+            None => {
+                return Err(client_error(
+                    "ssh_key_pub must be set if the user has no ssh_public_key",
+                ));
+            }
+        }
     }
-    let mem_ok = want.memory.min.is_none_or(|m| res.memory_mib >= m.mib())
-        && want.memory.max.is_none_or(|m| res.memory_mib <= m.mib());
-    if !mem_ok {
-        return false;
-    }
-    let gpus = res.gpus.len() as i64;
-    match &want.gpu {
-        Some(g) => in_range(gpus, g.count.min, g.count.max),
-        None => true,
-    }
+    Ok(())
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -363,6 +485,7 @@ impl Engine {
             .map(|u| u.name)
             .unwrap_or_default();
         let ts = |s: &str| time::from_db(s).unwrap_or_default();
+        let run_spec_for_service = run_spec.configuration.clone();
         let mut run = Run {
             id: Uuid::parse_str(&row.id).unwrap_or_default(),
             project_name: project_name.to_string(),
@@ -377,7 +500,7 @@ impl Engine {
             jobs: out_jobs,
             latest_job_submission: None,
             cost: 0.0,
-            service: None,
+            service: service_spec(&run_spec_for_service, project_name, &row.run_name),
             deployment_num: row.deployment_num,
             error: None,
             deleted: Some(row.deleted),
@@ -387,28 +510,21 @@ impl Engine {
         Ok(run)
     }
 
-    /// IDLE instances of the project's fleets whose offers fit `spec`, cheapest first.
+    /// IDLE instances of the project's fleets whose offers fit `spec` and `profile`,
+    /// cheapest first.
     pub(crate) async fn idle_instances_for(
         &self,
         project_id: &str,
         spec: &JobSpec,
+        profile: &crate::models::profiles::Profile,
     ) -> crate::Result<Vec<(InstanceRow, InstanceOfferWithAvailability)>> {
-        let rows: Vec<InstanceRow> = sqlx::query_as(select_instances!(
-            "project_id = $1 AND deleted = FALSE AND status = 'IDLE' AND unreachable = FALSE \
-             AND fleet_id IS NOT NULL ORDER BY created_at"
-        ))
-        .bind(project_id)
-        .fetch_all(self.store().reader())
-        .await?;
-        let mut out: Vec<_> = rows
+        Ok(self
+            .instance_offers(project_id, spec, profile)
+            .await?
             .into_iter()
-            .filter_map(|r| {
-                let offer = r.offer()?;
-                offer_fits(&offer, spec).then_some((r, offer))
-            })
-            .collect();
-        out.sort_by(|a, b| a.1.price.total_cmp(&b.1.price));
-        Ok(out)
+            .filter(|c| c.offer.availability == crate::models::offers::InstanceAvailability::Idle)
+            .map(|c| (c.row, c.offer))
+            .collect())
     }
 
     pub(crate) async fn runs_get_plan(
@@ -420,6 +536,7 @@ impl Engine {
         let project = ctx.project()?;
         let user = ctx.user()?;
         let mut effective = req.run_spec.clone();
+        fill_ssh_key_pub(&mut effective, user)?;
         let current = match &effective.run_name {
             Some(name) => self.run_row_by_name(&project.id, name).await?,
             None => None,
@@ -430,27 +547,20 @@ impl Engine {
         let specs = job_specs(&effective)?;
         let max_offers = req.max_offers.unwrap_or(50) as usize;
         let mut job_plans = Vec::new();
+        let profile = effective.merged_profile();
         for mut spec in specs {
-            let mut offers: Vec<InstanceOfferWithAvailability> = self
-                .idle_instances_for(&project.id, &spec)
-                .await?
-                .into_iter()
-                .map(|(_, mut o)| {
-                    o.availability = crate::models::offers::InstanceAvailability::Idle;
-                    o
-                })
-                .collect();
+            let (mut offers, total) = self
+                .job_plan_offers(&project.id, &spec, &profile, max_offers, false)
+                .await?;
             if req.reverse_offers {
                 offers.reverse();
             }
-            let total = offers.len() as i64;
             let max_price = offers.iter().map(|o| o.price).reduce(f64::max);
-            offers.truncate(max_offers);
             spec.strip_sensitive();
             job_plans.push(JobPlan {
                 job_spec: spec,
                 offers,
-                total_offers: total,
+                total_offers: total as i64,
                 max_price,
             });
         }
@@ -495,6 +605,7 @@ impl Engine {
         let project = ctx.project()?;
         let user = ctx.user()?;
         let mut run_spec = req.plan.run_spec;
+        fill_ssh_key_pub(&mut run_spec, user)?;
         if let Some(name) = &run_spec.run_name {
             if !super::valid_name(name, 41) || name.contains('_') {
                 return Err(Error::validation(

@@ -248,7 +248,14 @@ pub fn find_unknown_key(
             (serde_json::Value::Object(im), serde_json::Value::Object(om)) => {
                 for (k, iv) in im {
                     path.push(PathSeg::Key(k.clone()));
-                    match om.get(k) {
+                    // A shorthand that folds into a nested field (dstack's `cpu: {min: 2}`
+                    // for `cpu.count.min`) is known if exactly that nested field exists.
+                    let folded = || {
+                        om.values()
+                            .filter_map(|v| v.as_object())
+                            .find_map(|m| m.get(k))
+                    };
+                    match om.get(k).or_else(folded) {
                         None => return true,
                         Some(ov) => {
                             if walk(iv, ov, path) {

@@ -1,0 +1,75 @@
+//! Pooled SSH links to instances: one SSH connection per host (the engine's [`SshPool`]) and
+//! one local tunnel per (instance, remote port), kept while they work. The job pipeline
+//! reaches the host agent through them; the service proxy reaches a job's port.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::engine::services::instances::InstanceRow;
+use crate::engine::ssh_deploy::target_of;
+use crate::ssh::{ConnectOptions, SshPool, Tunnel};
+use crate::{Error, ErrorKind};
+
+/// The engine's SSH pool and tunnel cache.
+pub(crate) struct Links {
+    pool: SshPool,
+    tunnels: Mutex<HashMap<(String, u16), Arc<Tunnel>>>,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        let opts = ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+            ..ConnectOptions::default()
+        };
+        Self {
+            pool: SshPool::new(opts),
+            tunnels: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Links {
+    /// Forgets every tunnel of an instance (it was terminated or its host changed).
+    pub(crate) fn forget_instance(&self, instance_id: &str) {
+        if let Ok(mut t) = self.tunnels.lock() {
+            t.retain(|(id, _), _| id != instance_id);
+        }
+    }
+}
+
+impl Engine {
+    /// A local address that reaches `127.0.0.1:port` on the instance's host through the
+    /// pooled SSH connection (opened on first use, reused afterwards).
+    pub(crate) async fn instance_tunnel(
+        &self,
+        inst: &InstanceRow,
+        port: u16,
+    ) -> crate::Result<std::net::SocketAddr> {
+        let links = &self.inner.links;
+        let key = (inst.id.clone(), port);
+        if let Some(t) = links.tunnels.lock().ok().and_then(|t| t.get(&key).cloned()) {
+            return Ok(t.local_addr());
+        }
+        let rci = self.remote_connection_info(inst)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("instance {} has no SSH connection info", inst.name),
+            )
+        })?;
+        let target = target_of(&rci);
+        let tunnel = links
+            .pool
+            .forward_local(&target, "127.0.0.1", port)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Transport, e.to_string()))?;
+        let addr = tunnel.local_addr();
+        if let Ok(mut t) = links.tunnels.lock() {
+            // A concurrent caller may have won the race; either tunnel works.
+            t.entry(key).or_insert_with(|| Arc::new(tunnel));
+        }
+        Ok(addr)
+    }
+}

@@ -1,0 +1,402 @@
+//! Offers for a job (reference/offers.md §3): existing capacity first (instances of the
+//! project's fleets, IDLE or BUSY), then new capacity from every configured backend's
+//! gpuhunt catalog, filtered with gpuhunt's own `matches` semantics.
+//!
+//! | step | dstack's name |
+//! |---|---|
+//! | [`instance_offers`] | `get_instance_offers_from_instances` + `filter_instances` |
+//! | [`backend_offers`] | `get_offers_by_requirements` (catalog offers per backend, disk fitting) |
+//! | [`job_plan_offers`] | `_get_job_plan`: instance offers, then backend offers, available first |
+
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use crate::engine::Engine;
+use crate::engine::services::instances::{InstanceRow, select_instances};
+use crate::models::common::{Memory, Range};
+use crate::models::instances::InstanceStatus;
+use crate::models::jobs::JobSpec;
+use crate::models::offers::{
+    Disk, Gpu, InstanceAvailability, InstanceOffer, InstanceOfferWithAvailability, InstanceType,
+    Resources,
+};
+use crate::models::profiles::Profile;
+use crate::models::resources::Requirements;
+use crate::offers::{Catalog, CatalogItem, QueryFilter, matches};
+use crate::spec::query::requirements_to_query_filter;
+
+/// The catalog the engine plans with (loaded from `GPUHUNT_CATALOG_DIR` at startup, empty
+/// otherwise), swappable at runtime.
+pub(crate) struct EngineCatalog(RwLock<Arc<Catalog>>);
+
+impl Default for EngineCatalog {
+    fn default() -> Self {
+        Self(RwLock::new(Arc::new(Catalog::from_providers(
+            std::iter::empty(),
+        ))))
+    }
+}
+
+impl EngineCatalog {
+    /// The current catalog.
+    pub(crate) fn snapshot(&self) -> Arc<Catalog> {
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the catalog.
+    pub(crate) fn replace(&self, catalog: Catalog) {
+        if let Ok(mut c) = self.0.write() {
+            *c = Arc::new(catalog);
+        }
+    }
+}
+
+/// gpuhunt's provider name for a backend type (dstack's `get_catalog_offers`).
+pub(crate) fn provider_name(backend: &str) -> &str {
+    match backend {
+        "datacrunch" => "verda",
+        "lambda" => "lambdalabs",
+        "amddevcloud" => "digitalocean",
+        other => other,
+    }
+}
+
+/// The disk range a backend can provision (dstack's `configurable_disk_size` per backend).
+fn configurable_disk_gb(backend: &str) -> (f64, Option<f64>) {
+    match backend {
+        "aws" => (100.0, Some(16.0 * 1024.0)),
+        "gcp" => (20.0, Some(32.0 * 1024.0)),
+        "azure" => (30.0, Some(4095.0)),
+        "oci" => (50.0, Some(32.0 * 1024.0)),
+        "nebius" => (40.0, Some(8.0 * 1024.0)),
+        "kubernetes" | "runpod" | "vastai" => (1.0, None),
+        _ => (1.0, None),
+    }
+}
+
+/// The availability dstack reports for a catalog offer of a backend before any live check
+/// (offers.md §3.1).
+fn default_availability(backend: &str) -> InstanceAvailability {
+    match backend {
+        "runpod" | "digitalocean" | "amddevcloud" | "hotaisle" | "jarvislabs" | "vultr" => {
+            InstanceAvailability::Available
+        }
+        _ => InstanceAvailability::Unknown,
+    }
+}
+
+/// dstack's `choose_disk_size_mib`: a catalog disk wins; else the smallest size of the
+/// requested range (default `100GB..`) within the backend's configurable range.
+fn choose_disk_mib(item_disk_gb: Option<f64>, req: &Requirements, backend: &str) -> Option<i64> {
+    if let Some(d) = item_disk_gb.filter(|d| *d > 0.0) {
+        return Some((d * 1024.0).round() as i64);
+    }
+    let want: Range<Memory> = req
+        .resources
+        .disk
+        .as_ref()
+        .map(|d| d.size)
+        .unwrap_or(Range {
+            min: Some(Memory(100.0)),
+            max: None,
+        });
+    let (cmin, cmax) = configurable_disk_gb(backend);
+    let lo = want.min.map_or(cmin, |m| m.gb().max(cmin));
+    let hi = match (want.max.map(|m| m.gb()), cmax) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if hi.is_some_and(|h| h < lo) {
+        return None;
+    }
+    Some((lo * 1024.0).round() as i64)
+}
+
+/// dstack's `catalog_item_to_offer`.
+fn catalog_item_to_offer(
+    backend: &str,
+    item: &CatalogItem,
+    req: &Requirements,
+) -> Option<InstanceOfferWithAvailability> {
+    let disk_mib = choose_disk_mib(item.disk_size, req, backend)?;
+    let gpus = if item.gpu_count > 0 {
+        let g: Gpu = serde_json::from_value(serde_json::json!({
+            "vendor": item.gpu_vendor.map(|v| v.as_str()),
+            "name": item.gpu_name.as_deref().unwrap_or_default(),
+            "memory_mib": (item.gpu_memory.unwrap_or(0.0) * 1024.0).round() as i64,
+        }))
+        .ok()?;
+        vec![g; usize::try_from(item.gpu_count).unwrap_or(0)]
+    } else {
+        Vec::new()
+    };
+    let resources = Resources {
+        cpus: item.cpu,
+        memory_mib: (item.memory * 1024.0).round() as i64,
+        gpus,
+        spot: item.spot,
+        disk: Disk { size_mib: disk_mib },
+        cpu_arch: serde_json::from_value(Value::String(item.cpu_arch.as_str().into())).ok(),
+        description: String::new(),
+    };
+    let backend_data = match item.provider_data.as_value() {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let offer = InstanceOffer {
+        backend: serde_json::from_value(Value::String(backend.into())).ok()?,
+        instance: InstanceType {
+            name: item.instance_name.to_string(),
+            resources,
+        },
+        region: item.location.to_string(),
+        price: item.price,
+        backend_data,
+    };
+    Some(offer.with_availability(default_availability(backend)))
+}
+
+/// dstack's `offer_to_catalog_item`: an offer as gpuhunt sees it (disk 0 = unchecked).
+pub(crate) fn offer_to_catalog_item(offer: &InstanceOfferWithAvailability) -> Option<CatalogItem> {
+    let r = &offer.instance.resources;
+    let gpu = r.gpus.first();
+    let v = serde_json::json!({
+        "provider": offer.backend.as_str(),
+        "instance_name": offer.instance.name,
+        "location": offer.region,
+        "price": offer.price,
+        "cpu": r.cpus,
+        "memory": r.memory_mib as f64 / 1024.0,
+        "gpu_count": r.gpus.len(),
+        "gpu_name": gpu.map(|g| g.name.clone()),
+        "gpu_memory": gpu.map(|g| g.memory_mib as f64 / 1024.0),
+        "spot": r.spot,
+        "disk_size": (r.disk.size_mib != 0).then(|| r.disk.size_mib as f64 / 1024.0),
+        "gpu_vendor": gpu.map(|g| g.vendor),
+        "cpu_arch": r.cpu_arch.map_or("x86", |a| a.as_str()),
+    });
+    serde_json::from_value(v).ok()
+}
+
+/// Whether `offer` satisfies `req` (gpuhunt `matches` on the offer as a catalog row).
+pub(crate) fn offer_matches(offer: &InstanceOfferWithAvailability, q: &QueryFilter) -> bool {
+    offer_to_catalog_item(offer).is_some_and(|item| matches(&item, q))
+}
+
+/// Whether the profile admits the offer's backend, region and instance type.
+fn profile_admits(profile: &Profile, backend: &str, region: &str, instance_type: &str) -> bool {
+    let p = &profile.params;
+    if let Some(b) = &p.backends
+        && !b.iter().any(|b| b.as_str() == backend)
+    {
+        return false;
+    }
+    if let Some(r) = &p.regions
+        && !r.iter().any(|r| r.eq_ignore_ascii_case(region))
+    {
+        return false;
+    }
+    if let Some(t) = &p.instance_types
+        && !t.iter().any(|t| t.eq_ignore_ascii_case(instance_type))
+    {
+        return false;
+    }
+    true
+}
+
+/// An instance of a fleet together with the offer it makes for a job.
+pub(crate) struct InstanceCandidate {
+    /// The instance row.
+    pub(crate) row: InstanceRow,
+    /// Its offer (IDLE or BUSY).
+    pub(crate) offer: InstanceOfferWithAvailability,
+}
+
+impl Engine {
+    /// Offers from existing instances of the project's fleets (offers.md §3.3), cheapest
+    /// first: unreachable, provisioning and terminating instances are skipped, the stored
+    /// offer must match the job's requirements and the profile.
+    pub(crate) async fn instance_offers(
+        &self,
+        project_id: &str,
+        spec: &JobSpec,
+        profile: &Profile,
+    ) -> crate::Result<Vec<InstanceCandidate>> {
+        let rows: Vec<InstanceRow> = sqlx::query_as(select_instances!(
+            "project_id = $1 AND deleted = FALSE AND unreachable = FALSE \
+             AND fleet_id IS NOT NULL AND status IN ('IDLE', 'BUSY') ORDER BY created_at"
+        ))
+        .bind(project_id)
+        .fetch_all(self.store().reader())
+        .await?;
+        let q = requirements_to_query_filter(Some(&spec.requirements), false);
+        let fleet_names = profile
+            .params
+            .fleets
+            .as_ref()
+            .map(|f| f.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+        let mut out = Vec::new();
+        for row in rows {
+            let Some(mut offer) = row.offer() else {
+                continue;
+            };
+            if let Some(names) = &fleet_names {
+                let fleet = self.fleet_name_of(&row).await?;
+                if !names.iter().any(|n| Some(n.as_str()) == fleet.as_deref()) {
+                    continue;
+                }
+            }
+            if !profile_admits(
+                profile,
+                offer.backend.as_str(),
+                &offer.region,
+                &offer.instance.name,
+            ) || !offer_matches(&offer, &q)
+            {
+                continue;
+            }
+            offer.availability = if row.status == InstanceStatus::Idle {
+                InstanceAvailability::Idle
+            } else {
+                InstanceAvailability::Busy
+            };
+            out.push(InstanceCandidate { row, offer });
+        }
+        out.sort_by(|a, b| a.offer.price.total_cmp(&b.offer.price));
+        Ok(out)
+    }
+
+    async fn fleet_name_of(&self, row: &InstanceRow) -> crate::Result<Option<String>> {
+        let Some(fid) = &row.fleet_id else {
+            return Ok(None);
+        };
+        let r: Option<(String,)> = sqlx::query_as("SELECT name FROM fleets WHERE id = $1")
+            .bind(fid)
+            .fetch_optional(self.store().reader())
+            .await?;
+        Ok(r.map(|r| r.0))
+    }
+
+    /// New-capacity offers from every backend of the project, merged by price (gpuhunt's
+    /// order), each converted with disk fitting and the backend's default availability.
+    pub(crate) async fn backend_offers(
+        &self,
+        project_id: &str,
+        requirements: &Requirements,
+        profile: &Profile,
+    ) -> crate::Result<Vec<InstanceOfferWithAvailability>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT type, config FROM backends WHERE project_id = $1")
+                .bind(project_id)
+                .fetch_all(self.store().reader())
+                .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let catalog = self.inner.catalog.snapshot();
+        let mut q = requirements_to_query_filter(Some(requirements), true);
+        let mut by_provider = std::collections::HashMap::new();
+        for (backend, config) in &rows {
+            if let Some(b) = &profile.params.backends
+                && !b.iter().any(|b| b.as_str() == backend)
+            {
+                continue;
+            }
+            let regions: Option<Vec<String>> = serde_json::from_str::<Value>(config)
+                .ok()
+                .and_then(|v| v.get("regions").cloned())
+                .and_then(|v| serde_json::from_value(v).ok());
+            by_provider.insert(
+                provider_name(backend).to_string(),
+                (backend.clone(), regions),
+            );
+        }
+        q.provider = Some(by_provider.keys().cloned().collect());
+        let result = catalog
+            .query(&q)
+            .map_err(|e| crate::Error::new(e.kind(), e.to_string()))?;
+        let mut out = Vec::new();
+        for item in result.iter() {
+            let Some((backend, regions)) = by_provider.get(item.provider.as_ref()) else {
+                continue;
+            };
+            if let Some(r) = regions
+                && !r.iter().any(|r| r.as_str() == item.location.as_ref())
+            {
+                continue;
+            }
+            if !profile_admits(profile, backend, &item.location, &item.instance_name) {
+                continue;
+            }
+            if let Some(o) = catalog_item_to_offer(backend, item, requirements) {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The offers of a job's plan and their untruncated count: instance offers first, then
+    /// backend offers (unless `instances_only`), a stable available-first sort, then the cut
+    /// at `max_offers`.
+    pub(crate) async fn job_plan_offers(
+        &self,
+        project_id: &str,
+        spec: &JobSpec,
+        profile: &Profile,
+        max_offers: usize,
+        instances_only: bool,
+    ) -> crate::Result<(Vec<InstanceOfferWithAvailability>, usize)> {
+        let mut offers: Vec<InstanceOfferWithAvailability> = self
+            .instance_offers(project_id, spec, profile)
+            .await?
+            .into_iter()
+            .map(|c| c.offer)
+            .collect();
+        if !instances_only {
+            offers.extend(
+                self.backend_offers(project_id, &spec.requirements, profile)
+                    .await?,
+            );
+        }
+        offers.sort_by_key(|o| !o.availability.is_available());
+        let total = offers.len();
+        offers.truncate(max_offers);
+        Ok((offers, total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: Value) -> Requirements {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn disk_fitting_follows_dstack() {
+        let r = req(
+            serde_json::json!({"resources": {"cpu": {"min": 2}, "memory": {"min": 8},
+            "disk": {"size": {"min": 100}}}}),
+        );
+        assert_eq!(choose_disk_mib(None, &r, "aws"), Some(100 * 1024));
+        assert_eq!(choose_disk_mib(Some(512.0), &r, "aws"), Some(512 * 1024));
+        let r = req(
+            serde_json::json!({"resources": {"cpu": {"min": 2}, "memory": {"min": 8},
+            "disk": {"size": {"min": 10, "max": 50}}}}),
+        );
+        assert_eq!(choose_disk_mib(None, &r, "aws"), None);
+        assert_eq!(choose_disk_mib(None, &r, "gcp"), Some(20 * 1024));
+    }
+
+    #[test]
+    fn provider_names() {
+        assert_eq!(provider_name("lambda"), "lambdalabs");
+        assert_eq!(provider_name("datacrunch"), "verda");
+        assert_eq!(provider_name("aws"), "aws");
+    }
+}
