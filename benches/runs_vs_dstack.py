@@ -509,7 +509,7 @@ def main():
                           check=True).stdout.strip()
     vpy = venv + "/bin/python"
     if not os.environ.get("SKIP_BUILD"):
-        subprocess.run(["cargo", "build", "-q", "--release", "-p", "server-bin", "--bin", "dstack-server",
+        subprocess.run(["cargo", "build", "-q", "--release", "-p", "server-bin", "--no-default-features", "--bin", "dstack-server",
                         "--example", "api_load"], cwd=ROOT, check=True)
     target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
     work = tempfile.mkdtemp(prefix="runs-bench-")

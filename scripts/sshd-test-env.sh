@@ -4,8 +4,9 @@
 # Idempotent. Needs root. What it does:
 #   - installs `openssh-server` and `sudo` with apt-get when /usr/sbin/sshd or sudo is missing
 #     (one `apt-get update` first);
-#   - creates the test user `dstack-test` (bash shell, home dir, passwordless sudo) and the test
-#     user `dstack-nosudo` (bash shell, home dir, no sudo);
+#   - creates the test user `dstack-test` (bash shell, home dir, passwordless sudo), the test
+#     user `dstack-nosudo` (bash shell, home dir, no sudo) and `ubuntu` (passwordless sudo: the
+#     default user of the emulated cloud VMs);
 #   - creates /run/sshd (sshd's privilege-separation directory).
 #
 # It does not start sshd: each test starts its own instance on a free loopback port with its own
@@ -58,12 +59,20 @@ ensure_user() {
 
 ensure_user dstack-test
 ensure_user dstack-nosudo
+# `ubuntu`: the default user of the emulated cloud VMs (tests/oracle/test_cli_cloud_aws.py).
+ensure_user ubuntu
 
 sudoers=/etc/sudoers.d/dstack-test
 if [ ! -f "$sudoers" ] || ! grep -q NOPASSWD "$sudoers"; then
     printf 'dstack-test ALL=(ALL) NOPASSWD:ALL\n' >"$sudoers.tmp"
     chmod 440 "$sudoers.tmp"
     mv "$sudoers.tmp" "$sudoers"
+fi
+sudoers_vm=/etc/sudoers.d/dstack-test-ubuntu
+if [ ! -f "$sudoers_vm" ]; then
+    printf 'ubuntu ALL=(ALL) NOPASSWD:ALL\n' >"$sudoers_vm.tmp"
+    chmod 440 "$sudoers_vm.tmp"
+    mv "$sudoers_vm.tmp" "$sudoers_vm"
 fi
 # dstack-nosudo must not be able to sudo.
 rm -f /etc/sudoers.d/dstack-nosudo

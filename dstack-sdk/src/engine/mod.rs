@@ -6,6 +6,8 @@
 //! and the embedded client share one code path, one permission check and one error mapping.
 
 pub mod auth;
+#[cfg(feature = "backends")]
+mod cloud;
 pub mod config;
 pub mod crypto;
 mod dispatch;
@@ -107,6 +109,8 @@ pub(crate) struct Inner {
     pub(crate) pipelines: pipelines::Pipelines,
     pub(crate) catalog: planner::EngineCatalog,
     pub(crate) links: links::Links,
+    #[cfg(feature = "backends")]
+    pub(crate) computes: cloud::Computes,
 }
 
 /// The engine: cheap to clone (an `Arc` inside).
@@ -184,6 +188,8 @@ impl Engine {
                 pipelines: pipelines::Pipelines::default(),
                 catalog: planner::EngineCatalog::default(),
                 links: links::Links::default(),
+                #[cfg(feature = "backends")]
+                computes: cloud::Computes::default(),
             }),
         };
         engine.load_catalog();

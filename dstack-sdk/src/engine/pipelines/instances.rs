@@ -75,20 +75,35 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
         InstanceStatus::Pending | InstanceStatus::Provisioning => {
             match engine.remote_connection_info(&row)? {
                 Some(_) => deploy_ssh(engine, &row, token).await,
-                None => finish(
-                    engine,
-                    &row,
-                    token,
-                    Finish::Terminated(
-                        InstanceTerminationReason::NoOffers,
-                        "No offers found: cloud provisioning is not available on this server yet"
-                            .into(),
-                    ),
-                )
-                .await,
+                #[cfg(feature = "backends")]
+                None => provision_cloud(engine, &row, token).await,
+                #[cfg(not(feature = "backends"))]
+                None => {
+                    finish(
+                        engine,
+                        &row,
+                        token,
+                        Finish::Terminated(
+                            InstanceTerminationReason::NoOffers,
+                            "No offers found: this server was built without cloud backends".into(),
+                        ),
+                    )
+                    .await
+                }
             }
         }
         InstanceStatus::Terminating => {
+            #[cfg(feature = "backends")]
+            if let Some(jpd) = row.jpd().filter(|j| j.backend.as_str() != "remote") {
+                match engine.terminate_cloud_instance(&row, &jpd).await {
+                    Ok(true) => return finish(engine, &row, token, Finish::Deleted).await,
+                    Ok(false) => return release(engine, id, token).await,
+                    Err(e) => {
+                        tracing::warn!(instance = %row.name, error = %e, "cloud termination failed; retrying");
+                        return release(engine, id, token).await;
+                    }
+                }
+            }
             if let Some(rci) = engine.remote_connection_info(&row)? {
                 let opts = engine.inner.options.agent.clone();
                 match tokio::time::timeout(
@@ -163,6 +178,14 @@ async fn deploy_ssh(engine: &Engine, row: &InstanceRow, token: &str) -> crate::R
 
 /// The final write: only while our token holds and the status is still the one we read.
 async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> crate::Result<()> {
+    // A failed cloud instance must not stay behind in the cloud.
+    #[cfg(feature = "backends")]
+    if let Finish::Terminated(..) = &f
+        && let Some(jpd) = row.jpd().filter(|j| j.backend.as_str() != "remote")
+        && let Err(e) = engine.terminate_cloud_instance(row, &jpd).await
+    {
+        tracing::warn!(instance = %row.name, error = %e, "cannot terminate the failed cloud instance");
+    }
     let now = time::to_db(time::now());
     let status_read = crate::engine::services::instances::status_to_db(row.status);
     let mut tx = engine.store().begin().await?;
@@ -170,7 +193,8 @@ async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> c
         Finish::Idle(d) => {
             let mut jpd: Option<JobProvisioningData> = row.jpd();
             let mut offer: Option<InstanceOfferWithAvailability> = row.offer();
-            if let Some(j) = jpd.as_mut() {
+            let cloud = jpd.as_ref().is_some_and(|j| j.backend.as_str() != "remote");
+            if let Some(j) = jpd.as_mut().filter(|_| !cloud) {
                 j.instance_type.resources = d.resources.clone();
                 if j.internal_ip.is_none() {
                     j.internal_ip = d
@@ -179,7 +203,7 @@ async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> c
                         .map(|a| a.split('/').next().unwrap_or(a).to_string());
                 }
             }
-            if let Some(o) = offer.as_mut() {
+            if let Some(o) = offer.as_mut().filter(|_| !cloud) {
                 o.instance.resources = d.resources.clone();
             }
             let total_blocks = row.total_blocks.unwrap_or(d.gpu_count.max(1));
@@ -269,4 +293,121 @@ async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> c
         engine.hint(PipelineKind::Instances);
         Ok(())
     }
+}
+
+/// A cloud instance: PENDING → created on the cheapest available offer (PROVISIONING);
+/// PROVISIONING → polled until the VM has an address, which becomes its SSH connection info
+/// (the VM's user with the project key); the SSH deploy path then makes it IDLE.
+#[cfg(feature = "backends")]
+async fn provision_cloud(engine: &Engine, row: &InstanceRow, token: &str) -> crate::Result<()> {
+    use crate::engine::cloud::{Provisioned, ssh_endpoint};
+    let Some(mut jpd) = row.jpd() else {
+        return match engine.provision_cloud_instance(row).await? {
+            Provisioned::Created(jpd, offer) => {
+                tracing::info!(instance = %row.name, backend = %jpd.backend.as_str(),
+                    instance_id = %jpd.instance_id, region = %jpd.region, "cloud instance created");
+                let mut tx = engine.store().begin().await?;
+                sqlx::query(
+                    "UPDATE instances SET status = 'PROVISIONING', job_provisioning_data = $1, \
+                     offer = $2, backend = $3, region = $4, price = $5, last_processed_at = $6, \
+                     lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
+                     WHERE id = $7 AND lock_token = $8",
+                )
+                .bind(serde_json::to_string(&jpd).ok())
+                .bind(serde_json::to_string(&offer).ok())
+                .bind(jpd.backend.as_str())
+                .bind(&jpd.region)
+                .bind(offer.price)
+                .bind(time::to_db(time::now()))
+                .bind(&row.id)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                engine.hint(PipelineKind::Instances);
+                Ok(())
+            }
+            Provisioned::Failed(msg) => {
+                finish(
+                    engine,
+                    row,
+                    token,
+                    Finish::Terminated(InstanceTerminationReason::NoOffers, msg),
+                )
+                .await
+            }
+        };
+    };
+    let deadline = row.created_at
+        + chrono::Duration::from_std(engine.inner.options.agent.deploy_timeout).unwrap_or_default();
+    let fail = |msg: String| Finish::Terminated(InstanceTerminationReason::Error, msg);
+    let ready = match engine.poll_cloud_instance(row, &mut jpd).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = engine.terminate_cloud_instance(row, &jpd).await;
+            return finish(
+                engine,
+                row,
+                token,
+                fail(format!("The cloud instance failed: {e}")),
+            )
+            .await;
+        }
+    };
+    if !ready {
+        if time::now() > deadline {
+            let _ = engine.terminate_cloud_instance(row, &jpd).await;
+            return finish(
+                engine,
+                row,
+                token,
+                Finish::Terminated(
+                    InstanceTerminationReason::ProvisioningTimeout,
+                    "The cloud instance got no address in time; it was terminated".into(),
+                ),
+            )
+            .await;
+        }
+        return release(engine, &row.id, token).await;
+    }
+    let Some((host, port)) = ssh_endpoint(&jpd) else {
+        return release(engine, &row.id, token).await;
+    };
+    let (private, public): (Option<String>, String) =
+        sqlx::query_as("SELECT ssh_private_key, ssh_public_key FROM projects WHERE id = $1")
+            .bind(&row.project_id)
+            .fetch_one(engine.store().reader())
+            .await?;
+    let private = match private {
+        Some(p) => Some(engine.crypto().decrypt(&p)?),
+        None => None,
+    };
+    let rci = serde_json::json!({
+        "host": host,
+        "port": port,
+        "ssh_user": jpd.username,
+        "ssh_keys": [{"public": public, "private": private}],
+        "ssh_proxy": null,
+        "ssh_proxy_keys": null,
+        "env": {},
+    });
+    let rci = engine.crypto().encrypt(&rci.to_string());
+    let mut tx = engine.store().begin().await?;
+    sqlx::query(
+        "UPDATE instances SET job_provisioning_data = $1, remote_connection_info = $2, \
+         last_processed_at = $3, skip_min_processing_interval = TRUE, \
+         lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
+         WHERE id = $4 AND lock_token = $5",
+    )
+    .bind(serde_json::to_string(&jpd).ok())
+    .bind(rci)
+    .bind(time::to_db(time::now()))
+    .bind(&row.id)
+    .bind(token)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(instance = %row.name, host = ?jpd.hostname, "cloud instance is up; deploying the agent over SSH");
+    engine.hint(PipelineKind::Instances);
+    Ok(())
 }

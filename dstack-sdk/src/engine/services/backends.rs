@@ -184,6 +184,11 @@ impl Engine {
     ) -> crate::Result<Value> {
         let body =
             body.ok_or_else(|| Error::validation(&["body"], "A backend config is required"))?;
+        #[cfg(feature = "backends")]
+        {
+            let (_, with_creds, _) = normalize(body.clone())?;
+            self.validate_backend_credentials(&with_creds).await?;
+        }
         self.upsert_backend(&ctx.project()?.id, body, update).await
     }
 
@@ -196,6 +201,8 @@ impl Engine {
         let req: BackendYamlRequest = parse_body(body)?;
         let typed = AnyBackendConfigWithCreds::from_yaml_str(&req.config_yaml)?;
         let (_, with_creds, _) = normalize_typed(&typed)?;
+        #[cfg(feature = "backends")]
+        self.validate_backend_credentials(&with_creds).await?;
         self.upsert_backend(&ctx.project()?.id, with_creds, update)
             .await?;
         Ok(Value::Null)

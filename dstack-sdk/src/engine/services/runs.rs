@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -47,6 +46,7 @@ pub(crate) fn enum_from_db<T: serde::de::DeserializeOwned>(s: &str) -> Option<T>
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct RunRow {
     pub(crate) id: String,
+    pub(crate) project_id: String,
     pub(crate) user_id: String,
     pub(crate) run_name: String,
     pub(crate) submitted_at: String,
@@ -447,14 +447,72 @@ impl Engine {
         project_name: &str,
         submissions_limit: Option<usize>,
     ) -> crate::Result<Run> {
-        let run_spec: RunSpec = serde_json::from_str(&row.run_spec)
-            .map_err(|e| Error::new(crate::ErrorKind::Internal, format!("bad run spec: {e}")))?;
         let jobs: Vec<JobRow> = sqlx::query_as(select_jobs!(
             "run_id = $1 ORDER BY replica_num, job_num, submission_num"
         ))
         .bind(&row.id)
         .fetch_all(self.store().reader())
         .await?;
+        let user = self
+            .user_by_id(&row.user_id)
+            .await?
+            .map(|u| u.name)
+            .unwrap_or_default();
+        run_model_from(row, project_name, submissions_limit, jobs, user)
+    }
+
+    /// The API models of a page of runs: their jobs in one query, their users once each.
+    async fn run_models(
+        &self,
+        rows: &[(RunRow, String)],
+        submissions_limit: Option<usize>,
+    ) -> crate::Result<Vec<Run>> {
+        let ids: Vec<&str> = rows.iter().map(|(r, _)| r.id.as_str()).collect();
+        let ids = serde_json::to_string(&ids)
+            .map_err(|e| Error::new(crate::ErrorKind::Internal, e.to_string()))?;
+        let jobs: Vec<JobRow> = sqlx::query_as(select_jobs!(
+            "run_id IN (SELECT value FROM json_each($1)) \
+             ORDER BY run_id, replica_num, job_num, submission_num"
+        ))
+        .bind(ids)
+        .fetch_all(self.store().reader())
+        .await?;
+        let mut by_run: std::collections::HashMap<String, Vec<JobRow>> =
+            std::collections::HashMap::new();
+        for j in jobs {
+            by_run.entry(j.run_id.clone()).or_default().push(j);
+        }
+        let mut users: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, pname) in rows {
+            if !users.contains_key(&row.user_id) {
+                let name = self
+                    .user_by_id(&row.user_id)
+                    .await?
+                    .map(|u| u.name)
+                    .unwrap_or_default();
+                users.insert(row.user_id.clone(), name);
+            }
+            let user = users.get(&row.user_id).cloned().unwrap_or_default();
+            let jobs = by_run.remove(&row.id).unwrap_or_default();
+            out.push(run_model_from(row, pname, submissions_limit, jobs, user)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Builds a run's API model from its row, its job rows (ordered by replica, job,
+/// submission) and its user's name.
+fn run_model_from(
+    row: &RunRow,
+    project_name: &str,
+    submissions_limit: Option<usize>,
+    jobs: Vec<JobRow>,
+    user: String,
+) -> crate::Result<Run> {
+    {
+        let run_spec: RunSpec = serde_json::from_str(&row.run_spec)
+            .map_err(|e| Error::new(crate::ErrorKind::Internal, format!("bad run spec: {e}")))?;
         let mut grouped: BTreeMap<(i64, i64), Vec<JobRow>> = BTreeMap::new();
         for j in jobs {
             grouped
@@ -479,11 +537,6 @@ impl Engine {
                 job_connection_info: None,
             });
         }
-        let user = self
-            .user_by_id(&row.user_id)
-            .await?
-            .map(|u| u.name)
-            .unwrap_or_default();
         let ts = |s: &str| time::from_db(s).unwrap_or_default();
         let run_spec_for_service = run_spec.configuration.clone();
         let mut run = Run {
@@ -509,7 +562,9 @@ impl Engine {
         run.fill_derived_fields(time::now());
         Ok(run)
     }
+}
 
+impl Engine {
     /// IDLE instances of the project's fleets whose offers fit `spec` and `profile`,
     /// cheapest first.
     pub(crate) async fn idle_instances_for(
@@ -719,46 +774,60 @@ impl Engine {
         if let Some(name) = &req.project_name {
             projects.retain(|(_, n)| n == name);
         }
-        let mut rows: Vec<(RunRow, String, DateTime<Utc>)> = Vec::new();
-        for (pid, pname) in &projects {
-            let raw: Vec<RunRow> =
-                sqlx::query_as(select_runs!("project_id = $1 AND deleted = FALSE"))
-                    .bind(pid)
-                    .fetch_all(self.store().reader())
-                    .await?;
-            for r in raw {
-                if req.only_active {
-                    let st: RunStatus = enum_from_db(&r.status).unwrap_or(RunStatus::Done);
-                    if st.is_finished() {
-                        continue;
-                    }
-                }
-                if let Some(u) = &req.username {
-                    let name = self.user_by_id(&r.user_id).await?.map(|u| u.name);
-                    if name.as_deref() != Some(u.as_str()) {
-                        continue;
-                    }
-                }
-                let at = time::from_db(&r.submitted_at).unwrap_or_default();
-                rows.push((r, pname.clone(), at));
-            }
-        }
-        let page = super::paginate(
-            rows,
-            |(r, _, at)| (*at, r.id.clone()),
-            req.prev_submitted_at,
-            req.prev_run_id.map(|i| i.to_string()),
-            req.ascending,
-            req.limit as usize,
-        );
+        let names: std::collections::HashMap<String, String> = projects.into_iter().collect();
+        let user_id = match &req.username {
+            Some(u) => match self.user_by_name(u).await? {
+                Some(user) => Some(user.id),
+                None => return to_json(&Vec::<Run>::new()),
+            },
+            None => None,
+        };
+        let pids: Vec<&String> = names.keys().collect();
+        let pids = serde_json::to_string(&pids)
+            .map_err(|e| Error::new(crate::ErrorKind::Internal, e.to_string()))?;
+        // Keyset pagination in SQL, with dstack's order: newest first with ids ascending
+        // among equal times (oldest first with ids descending when `ascending`).
+        let sql = if req.ascending {
+            select_runs!(
+                "deleted = FALSE AND project_id IN (SELECT value FROM json_each($1)) \
+                 AND ($2 = FALSE OR status NOT IN ('done', 'failed', 'terminated')) \
+                 AND ($3 IS NULL OR user_id = $3) \
+                 AND ($4 IS NULL OR submitted_at > $4 \
+                      OR (submitted_at = $4 AND $5 IS NOT NULL AND id < $5)) \
+                 ORDER BY submitted_at ASC, id DESC LIMIT $6"
+            )
+        } else {
+            select_runs!(
+                "deleted = FALSE AND project_id IN (SELECT value FROM json_each($1)) \
+                 AND ($2 = FALSE OR status NOT IN ('done', 'failed', 'terminated')) \
+                 AND ($3 IS NULL OR user_id = $3) \
+                 AND ($4 IS NULL OR submitted_at < $4 \
+                      OR (submitted_at = $4 AND $5 IS NOT NULL AND id > $5)) \
+                 ORDER BY submitted_at DESC, id ASC LIMIT $6"
+            )
+        };
+        let rows: Vec<RunRow> = sqlx::query_as(sql)
+            .bind(pids)
+            .bind(req.only_active)
+            .bind(user_id)
+            .bind(req.prev_submitted_at.map(time::to_db))
+            .bind(req.prev_run_id.map(|i| i.to_string()))
+            .bind(i64::from(req.limit))
+            .fetch_all(self.store().reader())
+            .await?;
+        let page: Vec<(RunRow, String)> = rows
+            .into_iter()
+            .map(|r| {
+                let name = names.get(&r.project_id).cloned().unwrap_or_default();
+                (r, name)
+            })
+            .collect();
         let limit = req.job_submissions_limit.map(|l| l as usize).or(Some(10));
-        let mut out = Vec::with_capacity(page.len());
-        for (r, pname, _) in &page {
-            let mut run = self.run_model(r, pname, limit).await?;
-            if !req.include_jobs {
+        let mut out = self.run_models(&page, limit).await?;
+        if !req.include_jobs {
+            for run in &mut out {
                 run.jobs.clear();
             }
-            out.push(run);
         }
         to_json(&out)
     }

@@ -1,0 +1,319 @@
+//! Cloud fleets in the engine: a PENDING instance of a fleet without `ssh_config` is created
+//! on the cheapest available offer of the project's backends (at most 25 offers tried); once
+//! the VM has an address, the instance gets SSH connection info (the VM's default user with
+//! the project key, which cloud-init authorised) and from then on it is deployed, checked and
+//! reached exactly like an SSH-fleet host. Terminating instances are terminated in the cloud.
+//!
+//! Backends are built from their stored configs with [`crate::backends::for_config`] and
+//! cached per project until the config changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::backends::common::provision;
+use crate::backends::{self, BackendError, BackendSettings, Compute, InstanceConfiguration};
+use crate::engine::Engine;
+use crate::engine::services::instances::InstanceRow;
+use crate::models::backends::AnyBackendConfigWithCreds;
+use crate::models::fleets::FleetSpec;
+use crate::models::jobs::JobProvisioningData;
+use crate::models::offers::InstanceOfferWithAvailability;
+use crate::{Error, ErrorKind};
+
+/// Built backends, keyed by (project id, backend type), with the config they were built from.
+#[derive(Default)]
+pub(crate) struct Computes {
+    cache: Mutex<HashMap<(String, String), (String, Arc<dyn Compute>)>>,
+    settings: OnceLock<BackendSettings>,
+}
+
+/// What provisioning produced for one instance.
+pub(crate) enum Provisioned {
+    /// Created: the provisioning data and the offer it was created from.
+    Created(Box<JobProvisioningData>, Box<InstanceOfferWithAvailability>),
+    /// Nothing could be created; the message says why and what to do.
+    Failed(String),
+}
+
+impl Engine {
+    fn backend_settings(&self) -> BackendSettings {
+        self.inner
+            .computes
+            .settings
+            .get_or_init(|| BackendSettings::new(self.server_id()))
+            .clone()
+    }
+
+    /// This server's id, tagged on every cloud resource: kept in `data/server_id`.
+    pub(crate) fn server_id(&self) -> String {
+        let path = self.inner.options.server_dir.join("data").join("server_id");
+        if let Ok(s) = std::fs::read_to_string(&path)
+            && !s.trim().is_empty()
+        {
+            return s.trim().to_string();
+        }
+        let id = Uuid::new_v4().to_string();
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&path, &id);
+        id
+    }
+
+    /// Whether this build can provision on `backend_type`.
+    pub(crate) fn has_compute(backend_type: &str) -> bool {
+        backends::supported_backends()
+            .iter()
+            .any(|b| b.as_str() == backend_type)
+    }
+
+    /// The project's backend of `backend_type` as a [`Compute`] (`None` when not configured
+    /// or not built into this binary).
+    pub(crate) async fn compute_for(
+        &self,
+        project_id: &str,
+        backend_type: &str,
+    ) -> crate::Result<Option<Arc<dyn Compute>>> {
+        if !Self::has_compute(backend_type) {
+            return Ok(None);
+        }
+        let Some(config) = self
+            .backend_config_with_creds(project_id, backend_type)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let fingerprint = config.to_string();
+        let key = (project_id.to_string(), backend_type.to_string());
+        if let Ok(cache) = self.inner.computes.cache.lock()
+            && let Some((fp, c)) = cache.get(&key)
+            && *fp == fingerprint
+        {
+            return Ok(Some(c.clone()));
+        }
+        let typed = AnyBackendConfigWithCreds::parse(&config, false)?;
+        let compute = backends::for_config(&typed, &self.backend_settings())
+            .await
+            .map_err(Error::from)?;
+        if let Ok(mut cache) = self.inner.computes.cache.lock() {
+            cache.insert(key, (fingerprint, compute.clone()));
+        }
+        Ok(Some(compute))
+    }
+
+    /// Checks a backend config's credentials against its cloud (backends created or updated
+    /// through the API); types without a [`Compute`] in this build are only shape-checked.
+    pub(crate) async fn validate_backend_credentials(&self, config: &Value) -> crate::Result<()> {
+        let typed = AnyBackendConfigWithCreds::parse(config, false)?;
+        if !Self::has_compute(typed.type_str()) {
+            return Ok(());
+        }
+        let compute = backends::for_config(&typed, &self.backend_settings())
+            .await
+            .map_err(Error::from)?;
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            compute.validate_credentials(),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::new(
+                ErrorKind::InvalidCredentials,
+                format!(
+                    "Could not check the {} credentials within 60 s: the cloud API did not \
+                     answer; check the network and the endpoint",
+                    typed.type_str()
+                ),
+            )),
+        }
+    }
+
+    /// Creates a cloud instance for a PENDING instance of a cloud fleet.
+    pub(crate) async fn provision_cloud_instance(
+        &self,
+        row: &InstanceRow,
+    ) -> crate::Result<Provisioned> {
+        let Some(fleet_id) = &row.fleet_id else {
+            return Ok(Provisioned::Failed("the instance has no fleet".into()));
+        };
+        let (spec, project_name, project_key): (String, String, String) = sqlx::query_as(
+            "SELECT f.spec, p.name, p.ssh_public_key FROM fleets f JOIN projects p \
+             ON p.id = f.project_id WHERE f.id = $1",
+        )
+        .bind(fleet_id)
+        .fetch_one(self.store().reader())
+        .await?;
+        let spec: FleetSpec = serde_json::from_str(&spec)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("stored fleet spec: {e}")))?;
+        let profile = spec.merged_profile();
+        let conf = &spec.configuration;
+        let resources = conf.resources.clone().unwrap_or_default();
+        let requirements = crate::spec::resources::job_requirements(
+            &resources,
+            None,
+            &[],
+            &profile.params,
+            profile.params.reservation.as_deref(),
+            1,
+        );
+        let types: Vec<(String,)> =
+            sqlx::query_as("SELECT type FROM backends WHERE project_id = $1 ORDER BY created_at")
+                .bind(&row.project_id)
+                .fetch_all(self.store().reader())
+                .await?;
+        let mut candidates: Vec<(Arc<dyn Compute>, InstanceOfferWithAvailability)> = Vec::new();
+        let mut skipped = Vec::new();
+        for (ty,) in types {
+            if let Some(allowed) = &profile.params.backends
+                && !allowed.iter().any(|b| b.as_str() == ty)
+            {
+                continue;
+            }
+            let Some(compute) = self.compute_for(&row.project_id, &ty).await? else {
+                skipped.push(ty);
+                continue;
+            };
+            match compute.get_offers(Some(&requirements)).await {
+                Ok(offers) => {
+                    for o in offers {
+                        let region_ok =
+                            profile.params.regions.as_ref().is_none_or(|r| {
+                                r.iter().any(|r| r.eq_ignore_ascii_case(&o.region))
+                            });
+                        let type_ok = profile.params.instance_types.as_ref().is_none_or(|t| {
+                            t.iter().any(|t| t.eq_ignore_ascii_case(&o.instance.name))
+                        });
+                        if region_ok && type_ok && o.availability.is_available() {
+                            candidates.push((compute.clone(), o));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(backend = %ty, error = %e, "cannot get offers"),
+            }
+        }
+        candidates.sort_by(|a, b| a.1.price.total_cmp(&b.1.price));
+        if candidates.is_empty() {
+            let hint = if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (backends without provisioning in this build: {})",
+                    skipped.join(", ")
+                )
+            };
+            return Ok(Provisioned::Failed(format!(
+                "No offers found for the fleet's resources in the project's backends{hint}; \
+                 check `dstack offer` and the fleet's resources, backends and regions"
+            )));
+        }
+        let mut config = InstanceConfiguration::new(
+            project_name,
+            Uuid::parse_str(&row.id).unwrap_or_default(),
+            row.name.clone(),
+            vec![project_key.trim().to_string()],
+        );
+        if let Ok(fid) = Uuid::parse_str(fleet_id) {
+            config = config.with_fleet(fid);
+        }
+        if let Some(tags) = &conf.tags {
+            for (k, v) in tags {
+                config = config.with_tag(k.clone(), v.clone());
+            }
+        }
+        let mut last = String::new();
+        for (n, (compute, offer)) in candidates.iter().enumerate() {
+            if n == provision::MAX_OFFERS_TRIED {
+                break;
+            }
+            match provision::create_first_available(
+                &**compute,
+                std::slice::from_ref(offer),
+                &config,
+                None,
+            )
+            .await
+            {
+                Ok((offer, jpd)) => {
+                    return Ok(Provisioned::Created(Box::new(jpd), Box::new(offer.clone())));
+                }
+                Err(e @ BackendError::InvalidCredentials { .. }) => {
+                    return Ok(Provisioned::Failed(e.to_string()));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Ok(Provisioned::Failed(format!(
+            "No capacity: {} offer(s) tried; last error: {last}",
+            candidates.len().min(provision::MAX_OFFERS_TRIED)
+        )))
+    }
+
+    /// Polls a provisioning cloud instance; `Ok(true)` once it has an address.
+    pub(crate) async fn poll_cloud_instance(
+        &self,
+        row: &InstanceRow,
+        jpd: &mut JobProvisioningData,
+    ) -> crate::Result<bool> {
+        let Some(compute) = self
+            .compute_for(&row.project_id, jpd.backend.as_str())
+            .await?
+        else {
+            return Err(Error::new(
+                ErrorKind::BackendNotAvailable,
+                format!("backend {} is no longer configured", jpd.backend.as_str()),
+            ));
+        };
+        compute
+            .update_provisioning_data(jpd)
+            .await
+            .map_err(Error::from)?;
+        Ok(jpd.hostname.is_some())
+    }
+
+    /// Terminates a cloud instance (idempotent). `Ok(false)`: not yet, call again later.
+    pub(crate) async fn terminate_cloud_instance(
+        &self,
+        row: &InstanceRow,
+        jpd: &JobProvisioningData,
+    ) -> crate::Result<bool> {
+        let Some(compute) = self
+            .compute_for(&row.project_id, jpd.backend.as_str())
+            .await?
+        else {
+            tracing::warn!(instance = %row.name, backend = %jpd.backend.as_str(),
+                "the backend is gone; the cloud instance cannot be terminated from here");
+            return Ok(true);
+        };
+        match compute
+            .terminate_instance(&jpd.instance_id, &jpd.region, jpd.backend_data.as_deref())
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(BackendError::NotYetTerminated { .. }) => Ok(false),
+            Err(e) => Err(Error::from(e)),
+        }
+    }
+}
+
+/// The host the server uses to reach a cloud instance: its hostname, unless
+/// `DSTACK_SERVER_INSTANCE_SSH_OVERRIDE` (`host:port`) redirects every cloud instance — for
+/// a server behind NAT or a bastion, and for tests where an emulator's "VMs" are one local
+/// sshd.
+pub(crate) fn ssh_endpoint(jpd: &JobProvisioningData) -> Option<(String, u16)> {
+    if let Ok(o) = std::env::var("DSTACK_SERVER_INSTANCE_SSH_OVERRIDE")
+        && let Some((h, p)) = o.rsplit_once(':')
+        && let Ok(p) = p.parse()
+    {
+        return Some((h.to_string(), p));
+    }
+    let host = jpd.hostname.clone()?;
+    let port = jpd
+        .ssh_port
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(22);
+    Some((host, port))
+}
