@@ -23,10 +23,13 @@ use crate::models::jobs::JobProvisioningData;
 use crate::models::offers::InstanceOfferWithAvailability;
 use crate::{Error, ErrorKind};
 
+/// (project id, backend type) → (the config it was built from, the backend).
+type ComputeCache = HashMap<(String, String), (String, Arc<dyn Compute>)>;
+
 /// Built backends, keyed by (project id, backend type), with the config they were built from.
 #[derive(Default)]
 pub(crate) struct Computes {
-    cache: Mutex<HashMap<(String, String), (String, Arc<dyn Compute>)>>,
+    cache: Mutex<ComputeCache>,
     settings: OnceLock<BackendSettings>,
 }
 
