@@ -11,9 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dstack_sdk::client::Client;
@@ -21,75 +20,15 @@ use dstack_sdk::engine::{Engine, EngineOptions};
 use dstack_sdk::models::common::BackendType;
 use dstack_sdk::models::fleets::FleetConfiguration;
 use dstack_sdk::models::instances::{Instance, InstanceStatus, ListInstancesRequest};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-const SUDO_USER: &str = "dstack-test";
-const NOSUDO_USER: &str = "dstack-nosudo";
+#[path = "support/sshd.rs"]
+mod sshd;
 
-fn user_exists(name: &str) -> bool {
-    Command::new("id")
-        .arg("-u")
-        .arg(name)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use sshd::{KeyPair, LoopbackSshd, NOSUDO_USER, SUDO_USER, free_port, keygen};
 
-fn ensure_env() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let ready = Path::new("/usr/sbin/sshd").exists()
-            && Path::new("/run/sshd").is_dir()
-            && user_exists(SUDO_USER)
-            && user_exists(NOSUDO_USER);
-        if !ready {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sshd-test-env.sh");
-            let status = Command::new("bash").arg(&script).status().unwrap();
-            assert!(status.success(), "scripts/sshd-test-env.sh failed");
-        }
-    });
-}
-
-struct KeyPair {
-    private_pem: String,
-    public_line: String,
-}
-
-fn keygen(path: &Path) -> KeyPair {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleets-test", "-f"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    KeyPair {
-        private_pem: std::fs::read_to_string(path).unwrap(),
-        public_line: std::fs::read_to_string(path.with_extension("pub"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A temp dir with keys, a running sshd and the agent's paths for this test.
 struct Fixture {
-    tmp: tempfile::TempDir,
-    sshd: Option<Child>,
+    sshd: LoopbackSshd,
     port: u16,
     sudo_key: KeyPair,
     nosudo_key: KeyPair,
@@ -101,74 +40,22 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        ensure_env();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        set_mode(&dir, 0o755);
-        keygen(&dir.join("host_ed25519"));
-        let keys = dir.join("client");
-        std::fs::create_dir(&keys).unwrap();
-        let sudo_key = keygen(&keys.join("sudo"));
-        let nosudo_key = keygen(&keys.join("nosudo"));
-        let stranger_key = keygen(&keys.join("stranger"));
-        let ak = dir.join("authorized_keys");
-        std::fs::create_dir(&ak).unwrap();
-        set_mode(&ak, 0o755);
-        std::fs::write(ak.join(SUDO_USER), format!("{}\n", sudo_key.public_line)).unwrap();
-        std::fs::write(
-            ak.join(NOSUDO_USER),
-            format!("{}\n", nosudo_key.public_line),
-        )
-        .unwrap();
-        set_mode(&ak.join(SUDO_USER), 0o644);
-        set_mode(&ak.join(NOSUDO_USER), 0o644);
-        let port = free_port();
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n\
-                 PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys/%u\n\
-                 StrictModes no\nUsePAM no\nPubkeyAuthentication yes\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 AllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\n\
-                 Subsystem sftp /usr/lib/openssh/sftp-server\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-        let sshd = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-                let mut buf = [0u8; 4];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await
-                    && buf[..n].starts_with(b"SSH-")
-                {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "sshd did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let keys = tempfile::tempdir().unwrap();
+        let sudo_key = keygen(&keys.path().join("sudo"));
+        let nosudo_key = keygen(&keys.path().join("nosudo"));
+        let stranger_key = keygen(&keys.path().join("stranger"));
+        let sshd = LoopbackSshd::start(&[
+            (SUDO_USER, &sudo_key.public_line),
+            (NOSUDO_USER, &nosudo_key.public_line),
+        ])
+        .await;
+        let dir = sshd.dir();
         Fixture {
             agent_home: dir.join("agent-home"),
             agent_bin: dir.join("bin").join("dstack-agent"),
             shim_port: free_port(),
-            tmp,
-            sshd: Some(sshd),
-            port,
+            port: sshd.port,
+            sshd,
             sudo_key,
             nosudo_key,
             stranger_key,
@@ -176,7 +63,7 @@ impl Fixture {
     }
 
     fn server_dir(&self) -> PathBuf {
-        self.tmp.path().join("server")
+        self.sshd.tmp.path().join("server")
     }
 
     async fn engine(&self) -> (Engine, Client) {
@@ -238,10 +125,6 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         self.kill_agent();
-        if let Some(mut c) = self.sshd.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

@@ -7,58 +7,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use dstack_sdk::client::Client;
 use dstack_sdk::engine::{Engine, EngineOptions};
 use dstack_sdk::models::instances::{Instance, InstanceStatus};
 use dstack_sdk::models::logs::PollLogsRequest;
 use dstack_sdk::models::runs::{Run, RunSpec, RunStatus};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
-const SUDO_USER: &str = "dstack-test";
+#[path = "support/sshd.rs"]
+mod sshd;
 
-fn ensure_env() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let user_ok = Command::new("id")
-            .arg("-u")
-            .arg(SUDO_USER)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        let ready =
-            Path::new("/usr/sbin/sshd").exists() && Path::new("/run/sshd").is_dir() && user_ok;
-        if !ready {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sshd-test-env.sh");
-            let status = Command::new("bash").arg(&script).status().unwrap();
-            assert!(status.success(), "scripts/sshd-test-env.sh failed");
-        }
-    });
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
+use sshd::{LoopbackSshd, SUDO_USER, free_port, keygen};
 
 /// A temp dir with a key, a running sshd and the agent's paths for this test.
 struct Fixture {
-    tmp: tempfile::TempDir,
-    sshd: Option<Child>,
+    sshd: LoopbackSshd,
     port: u16,
     private_pem: String,
     public_line: String,
@@ -68,83 +34,22 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        ensure_env();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        set_mode(&dir, 0o755);
-        let keygen = |path: &Path| {
-            let status = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "runs-test", "-f"])
-                .arg(path)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        };
-        keygen(&dir.join("host_ed25519"));
-        keygen(&dir.join("client"));
-        let private_pem = std::fs::read_to_string(dir.join("client")).unwrap();
-        let public_line = std::fs::read_to_string(dir.join("client.pub"))
-            .unwrap()
-            .trim()
-            .to_string();
-        let ak = dir.join("authorized_keys");
-        std::fs::create_dir(&ak).unwrap();
-        set_mode(&ak, 0o755);
-        std::fs::write(ak.join(SUDO_USER), format!("{public_line}\n")).unwrap();
-        set_mode(&ak.join(SUDO_USER), 0o644);
-        let port = free_port();
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n\
-                 PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys/%u\n\
-                 StrictModes no\nUsePAM no\nPubkeyAuthentication yes\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 AllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\n\
-                 Subsystem sftp /usr/lib/openssh/sftp-server\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-        let sshd = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-                let mut buf = [0u8; 4];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await
-                    && buf[..n].starts_with(b"SSH-")
-                {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "sshd did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let keys = tempfile::tempdir().unwrap();
+        let key = keygen(&keys.path().join("client"));
+        let sshd = LoopbackSshd::start(&[(SUDO_USER, &key.public_line)]).await;
+        let dir = sshd.dir();
         Fixture {
             agent_home: dir.join("agent-home"),
             agent_bin: dir.join("bin").join("dstack-agent"),
-            tmp,
-            sshd: Some(sshd),
-            port,
-            private_pem,
-            public_line,
+            port: sshd.port,
+            sshd,
+            private_pem: key.private_pem,
+            public_line: key.public_line,
         }
     }
 
     async fn engine(&self) -> (Engine, Client) {
-        let mut o = EngineOptions::new(self.tmp.path().join("server"));
+        let mut o = EngineOptions::new(self.sshd.tmp.path().join("server"));
         o.config_disabled = true;
         o.pipelines.lease = Duration::from_secs(5);
         o.pipelines.workers = 4;
@@ -187,10 +92,6 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         self.kill_agent();
-        if let Some(mut c) = self.sshd.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
