@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dstack_sdk::client::Client;
@@ -64,28 +63,9 @@ impl Fixture {
         (engine, client)
     }
 
-    /// Kills this fixture's agent (by its pid file and binary path; only processes this test
-    /// started match that path).
+    /// Kills this fixture's agent.
     fn kill_agent(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.agent_home.join("agent.pid")) {
-            let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{}", pid.trim())])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let needle = self.agent_bin.display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&needle) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        sshd::kill_agent(&self.agent_home, &self.agent_bin);
     }
 }
 

@@ -176,3 +176,27 @@ impl Drop for LoopbackSshd {
         }
     }
 }
+
+/// Kills an agent started by a test: its process group (by the pid file in `agent_home`) and
+/// any process still running `agent_bin` (only processes that test started match that path).
+pub fn kill_agent(agent_home: &Path, agent_bin: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(agent_home.join("agent.pid")) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", pid.trim())])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let needle = agent_bin.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

@@ -671,11 +671,7 @@ pub async fn terminate(
                 }
             })
             .await;
-        if let Err(e) = r
-            && !code_of(&e).is_some_and(|c| c.contains("NotFound"))
-        {
-            return Err(e);
-        }
+        ok_if_not_found(r)?;
     }
     if let Some(alloc) = &data.eip_allocation_id {
         if let Some(assoc) = &data.eip_association_id {
@@ -692,11 +688,7 @@ pub async fn terminate(
                     }
                 })
                 .await;
-            if let Err(e) = r
-                && !code_of(&e).is_some_and(|c| c.contains("NotFound"))
-            {
-                return Err(e);
-            }
+            ok_if_not_found(r)?;
         }
         let r = compute
             .call("ReleaseAddress", || {
@@ -711,9 +703,8 @@ pub async fn terminate(
                 }
             })
             .await;
-        match r {
-            Ok(_) => {}
-            Err(e) if code_of(&e).is_some_and(|c| c.contains("NotFound")) => {}
+        match ok_if_not_found(r) {
+            Ok(()) => {}
             Err(e) if code_of(&e) == Some("InvalidIPAddress.InUse") => {
                 return Err(BackendError::NotYetTerminated {
                     message: format!("Elastic IP {alloc} of {instance_id} is still in use"),
@@ -800,5 +791,14 @@ pub async fn list_tagged(compute: &AwsCompute, region: &str) -> BackendResult<Ve
             Some(t) if !t.is_empty() => token = Some(t.to_string()),
             _ => return Ok(ids),
         }
+    }
+}
+
+/// A cleanup call whose target is already gone (`*NotFound`) succeeded.
+fn ok_if_not_found<T>(r: BackendResult<T>) -> BackendResult<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if code_of(&e).is_some_and(|c| c.contains("NotFound")) => Ok(()),
+        Err(e) => Err(e),
     }
 }
