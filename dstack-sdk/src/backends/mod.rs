@@ -6,6 +6,8 @@
 //! | [`common`] | plumbing every cloud shares: retries with back-off, HTTP with retries, endpoint overrides, resource tags, cloud-init and the agent bootstrap, catalog offers, the offer fall-through loop |
 //! | `aws` | EC2 (feature `aws`) |
 //! | `kubernetes` | pods behind a per-project SSH jump pod (feature `kubernetes`) |
+//! | `gcp` | Compute Engine (feature `gcp`) |
+//! | `azure` | Azure Resource Manager VMs (feature `azure`) |
 //!
 //! The engine builds a backend from a stored config with [`for_config`] and then only talks
 //! to the returned `Arc<dyn Compute>`:
@@ -31,9 +33,13 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod common;
 pub mod compute;
 mod error;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 
@@ -56,6 +62,10 @@ pub fn supported_backends() -> Vec<BackendType> {
         BackendType::Aws,
         #[cfg(feature = "kubernetes")]
         BackendType::Kubernetes,
+        #[cfg(feature = "gcp")]
+        BackendType::Gcp,
+        #[cfg(feature = "azure")]
+        BackendType::Azure,
     ]
     .to_vec()
 }
@@ -78,6 +88,16 @@ pub async fn for_config(
         #[cfg(feature = "kubernetes")]
         AnyBackendConfigWithCreds::Kubernetes(c) => {
             let compute = kubernetes::KubernetesCompute::new(c.clone(), settings.clone()).await?;
+            Ok(Arc::new(compute))
+        }
+        #[cfg(feature = "gcp")]
+        AnyBackendConfigWithCreds::Gcp(c) => {
+            let compute = gcp::GcpCompute::new(c.clone(), settings.clone()).await?;
+            Ok(Arc::new(compute))
+        }
+        #[cfg(feature = "azure")]
+        AnyBackendConfigWithCreds::Azure(c) => {
+            let compute = azure::AzureCompute::new(c.clone(), settings.clone()).await?;
             Ok(Arc::new(compute))
         }
         other => {
