@@ -1,8 +1,18 @@
-//! `InstancePipeline` (dstack-api.md §4.4, §5.6): deploys pending SSH instances, fails pending
-//! cloud instances with `no_offers` (no cloud provisioning in this build), and terminates
-//! terminating instances (stopping the agent on SSH hosts, best effort).
+//! `InstancePipeline` (dstack-api.md §4.4, §5.6): deploys pending SSH instances, provisions
+//! pending cloud instances, terminates terminating instances (in the cloud, or stopping the
+//! agent on SSH hosts, best effort), and watches IDLE and BUSY instances:
 //!
-//! Idle and busy instances are not health-checked yet.
+//! * **idle timeout**: an IDLE instance with policy `DESTROY_AFTER_IDLE`, no unfinished job and
+//!   idle for longer than its `termination_idle_time` goes TERMINATING (`idle_timeout`), unless
+//!   its fleet would drop to `nodes.min` or below (dstack's `process_idle_timeout`);
+//! * **health check**: the host agent's shim healthcheck through the pooled SSH tunnel
+//!   ([`Engine::instance_tunnel`]). A failure sets `unreachable`; for cloud instances it also
+//!   sets `termination_deadline` (first failure + the unreachable timeout, 20 min), after
+//!   which the instance goes TERMINATING (`unreachable`). A success clears both. SSH-fleet
+//!   instances are only flagged, never terminated.
+//!
+//! IDLE and BUSY instances are ticked every `instance_check_interval` (14 s); the others every
+//! 7 s or at once when hinted.
 
 use std::time::Duration;
 
@@ -11,6 +21,7 @@ use tracing::Instrument;
 use crate::engine::services::instances::{InstanceRow, select_instances};
 use crate::engine::ssh_deploy::{self, Deployed};
 use crate::engine::{Engine, time};
+use crate::models::fleets::FleetSpec;
 use crate::models::instances::{InstanceStatus, InstanceTerminationReason};
 use crate::models::jobs::JobProvisioningData;
 use crate::models::offers::InstanceOfferWithAvailability;
@@ -23,14 +34,43 @@ pub(crate) struct InstancePipeline;
 /// dstack's min processing interval for pending, provisioning and terminating instances.
 const MIN_INTERVAL: Duration = Duration::from_secs(7);
 
+/// How long one health check of an instance may take (SSH connect + HTTP).
+#[cfg(all(feature = "agent", feature = "http"))]
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Pipeline for InstancePipeline {
     const NAME: &'static str = "InstancePipeline";
     const KIND: PipelineKind = PipelineKind::Instances;
 
-    lease_impl!(
-        "instances",
-        "deleted = FALSE AND status IN ('PENDING', 'PROVISIONING', 'TERMINATING')"
-    );
+    async fn claim(engine: &Engine, limit: i64, lease: &Lease) -> crate::Result<Vec<String>> {
+        let check_interval = engine.inner.options.pipelines.instance_check_interval;
+        let mut tx = engine.store().begin().await?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE instances SET lock_token = $1, lock_expires_at = $2, lock_owner = $3, \
+             skip_min_processing_interval = FALSE \
+             WHERE id IN (SELECT id FROM instances WHERE deleted = FALSE \
+               AND status IN ('PENDING', 'PROVISIONING', 'IDLE', 'BUSY', 'TERMINATING') \
+               AND (lock_expires_at IS NULL OR lock_expires_at < $4) \
+               AND (lock_owner IS NULL OR lock_owner = $3) \
+               AND (skip_min_processing_interval = TRUE \
+                 OR (status IN ('IDLE', 'BUSY') AND last_processed_at <= $6) \
+                 OR (status NOT IN ('IDLE', 'BUSY') AND last_processed_at <= $5)) \
+               ORDER BY last_processed_at LIMIT $7) RETURNING id",
+        )
+        .bind(&lease.token)
+        .bind(&lease.expires_at)
+        .bind(Self::NAME)
+        .bind(&lease.now)
+        .bind(db_before(MIN_INTERVAL))
+        .bind(db_before(check_interval))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    heartbeat_impl!("instances");
 
     async fn process(engine: Engine, id: String, token: String) {
         let span = tracing::info_span!("instance", %id);
@@ -123,7 +163,14 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
             }
             finish(engine, &row, token, Finish::Deleted).await
         }
-        _ => release(engine, id, token).await,
+        InstanceStatus::Idle => {
+            if maybe_terminate_idle(engine, &row, token).await? {
+                return Ok(());
+            }
+            check_health(engine, &row, token).await
+        }
+        InstanceStatus::Busy => check_health(engine, &row, token).await,
+        InstanceStatus::Terminated => release(engine, id, token).await,
     }
 }
 
@@ -409,5 +456,235 @@ async fn provision_cloud(engine: &Engine, row: &InstanceRow, token: &str) -> cra
     tx.commit().await?;
     tracing::info!(instance = %row.name, host = ?jpd.hostname, "cloud instance is up; deploying the agent over SSH");
     engine.hint(PipelineKind::Instances);
+    Ok(())
+}
+
+/// The lifecycle columns of an instance that [`InstanceRow`] does not carry.
+struct Lifecycle {
+    /// `DESTROY_AFTER_IDLE` or `DONT_DESTROY`.
+    policy: Option<String>,
+    /// Seconds an IDLE instance may stay idle (−1: never terminated).
+    idle_time: Option<i64>,
+    /// When an unreachable cloud instance is given up.
+    deadline: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn lifecycle(engine: &Engine, id: &str) -> crate::Result<Lifecycle> {
+    let (policy, idle_time, deadline): (Option<String>, Option<i64>, Option<String>) =
+        sqlx::query_as(
+            "SELECT termination_policy, termination_idle_time, termination_deadline \
+             FROM instances WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    Ok(Lifecycle {
+        policy,
+        idle_time,
+        deadline: deadline.as_deref().and_then(time::from_db),
+    })
+}
+
+/// dstack's `can_terminate_fleet_instances_on_idle_duration`: a fleet with `nodes` keeps
+/// its instances once only `nodes.min` or fewer are left (avoids a terminate-create loop).
+async fn can_terminate_on_idle(engine: &Engine, fleet_id: &str) -> crate::Result<bool> {
+    let spec: Option<(String,)> = sqlx::query_as("SELECT spec FROM fleets WHERE id = $1")
+        .bind(fleet_id)
+        .fetch_optional(engine.store().reader())
+        .await?;
+    let Some(spec) = spec.and_then(|(s,)| serde_json::from_str::<FleetSpec>(&s).ok()) else {
+        return Ok(true);
+    };
+    let Some(nodes) = spec
+        .configuration
+        .nodes
+        .as_ref()
+        .filter(|_| !spec.autocreated)
+    else {
+        return Ok(true);
+    };
+    let (active,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM instances WHERE fleet_id = $1 AND deleted = FALSE \
+         AND status NOT IN ('TERMINATING', 'TERMINATED')",
+    )
+    .bind(fleet_id)
+    .fetch_one(engine.store().reader())
+    .await?;
+    Ok(active > nodes.min)
+}
+
+/// dstack's `process_idle_timeout`: `true` when the instance went TERMINATING (`idle_timeout`)
+/// or changed under us (nothing more to do this tick).
+async fn maybe_terminate_idle(
+    engine: &Engine,
+    row: &InstanceRow,
+    token: &str,
+) -> crate::Result<bool> {
+    let lc = lifecycle(engine, &row.id).await?;
+    if lc.policy.as_deref() != Some("DESTROY_AFTER_IDLE") {
+        return Ok(false);
+    }
+    let Some(idle_time) = lc.idle_time.filter(|t| *t >= 0) else {
+        return Ok(false);
+    };
+    // The instance is idle since its creation or since its last job was processed.
+    let (unfinished, last_job): (Option<i64>, Option<String>) = sqlx::query_as(
+        "SELECT SUM(CASE WHEN status IN ('done', 'failed', 'terminated', 'aborted') \
+         THEN 0 ELSE 1 END), MAX(COALESCE(finished_at, last_processed_at)) \
+         FROM jobs WHERE instance_id = $1",
+    )
+    .bind(&row.id)
+    .fetch_one(engine.store().reader())
+    .await?;
+    if unfinished.unwrap_or(0) > 0 {
+        return Ok(false);
+    }
+    let since = last_job
+        .as_deref()
+        .and_then(time::from_db)
+        .map_or(row.created_at, |t| t.max(row.created_at));
+    let idle = time::now() - since;
+    if idle <= chrono::Duration::seconds(idle_time) {
+        return Ok(false);
+    }
+    if let Some(fid) = &row.fleet_id
+        && !can_terminate_on_idle(engine, fid).await?
+    {
+        return Ok(false);
+    }
+    let message = format!("Instance idle for {}s", idle.num_seconds());
+    let now = time::to_db(time::now());
+    let mut tx = engine.store().begin().await?;
+    let affected = sqlx::query(
+        "UPDATE instances SET status = 'TERMINATING', termination_reason = $1, \
+         termination_reason_message = $2, last_processed_at = $3, \
+         skip_min_processing_interval = TRUE, \
+         lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
+         WHERE id = $4 AND lock_token = $5 AND status = 'IDLE' AND busy_blocks = 0 \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE instance_id = $4 \
+           AND status NOT IN ('done', 'failed', 'terminated', 'aborted'))",
+    )
+    .bind(InstanceTerminationReason::IdleTimeout.as_str())
+    .bind(&message)
+    .bind(&now)
+    .bind(&row.id)
+    .bind(token)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if affected == 1 {
+        tracing::info!(instance = %row.name, %message, "idle instance is terminating");
+        engine.hint(PipelineKind::Instances);
+    } else {
+        // A job took the instance (or the lease was lost): nothing to do this tick.
+        release(engine, &row.id, token).await?;
+    }
+    Ok(true)
+}
+
+/// The shim healthcheck through the pooled tunnel; `Err` says why the agent is unreachable.
+#[cfg(all(feature = "agent", feature = "http"))]
+async fn probe(engine: &Engine, row: &InstanceRow) -> Result<(), String> {
+    use crate::agent::client::ShimClient;
+    let port = engine.inner.options.agent.shim_port;
+    let check = async {
+        let addr = engine
+            .instance_tunnel(row, port)
+            .await
+            .map_err(|e| format!("SSH or tunnel error: {}", e.message()))?;
+        let shim = ShimClient::new(&format!("http://{addr}")).map_err(|e| e.to_string())?;
+        shim.healthcheck()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("shim.healthcheck(): request error: {e}"))
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "the agent did not answer within {} s",
+            CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Without the agent client there is nothing to probe: instances count as reachable.
+#[cfg(not(all(feature = "agent", feature = "http")))]
+async fn probe(_engine: &Engine, _row: &InstanceRow) -> Result<(), String> {
+    Ok(())
+}
+
+/// dstack's `check_instance` for IDLE and BUSY instances: updates `unreachable` and, for
+/// cloud instances, `termination_deadline`; past the deadline the instance goes TERMINATING
+/// (`unreachable`).
+async fn check_health(engine: &Engine, row: &InstanceRow, token: &str) -> crate::Result<()> {
+    let Some(jpd) = row.jpd().filter(|j| j.hostname.is_some()) else {
+        return release(engine, &row.id, token).await;
+    };
+    let ssh = jpd.backend.as_str() == "remote";
+    let outcome = probe(engine, row).await;
+    let lc = lifecycle(engine, &row.id).await?;
+    let now = time::now();
+    let status_read = crate::engine::services::instances::status_to_db(row.status);
+    let mut tx = engine.store().begin().await?;
+    let affected = match &outcome {
+        Ok(()) => {
+            if row.unreachable {
+                tracing::info!(instance = %row.name, "instance is reachable again");
+            }
+            sqlx::query(
+                "UPDATE instances SET unreachable = FALSE, termination_deadline = NULL, \
+                 last_processed_at = $1, lock_token = NULL, lock_expires_at = NULL, \
+                 lock_owner = NULL WHERE id = $2 AND lock_token = $3 AND status = $4",
+            )
+            .bind(time::to_db(now))
+            .bind(&row.id)
+            .bind(token)
+            .bind(status_read)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        }
+        Err(msg) => {
+            engine.inner.links.forget_instance(&row.id);
+            let deadline = if ssh {
+                None
+            } else {
+                let timeout = engine.inner.options.pipelines.instance_unreachable_timeout;
+                Some(lc.deadline.unwrap_or_else(|| {
+                    now + chrono::Duration::from_std(timeout).unwrap_or_default()
+                }))
+            };
+            let give_up = deadline.is_some_and(|d| now > d);
+            tracing::warn!(instance = %row.name, reason = %msg, ?deadline, give_up, "instance is unreachable");
+            sqlx::query(
+                "UPDATE instances SET unreachable = TRUE, termination_deadline = $1, \
+                 status = CASE WHEN $2 THEN 'TERMINATING' ELSE status END, \
+                 termination_reason = CASE WHEN $2 THEN $3 ELSE termination_reason END, \
+                 skip_min_processing_interval = $2, last_processed_at = $4, \
+                 lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
+                 WHERE id = $5 AND lock_token = $6 AND status = $7",
+            )
+            .bind(deadline.map(time::to_db))
+            .bind(give_up)
+            .bind(InstanceTerminationReason::Unreachable.as_str())
+            .bind(time::to_db(now))
+            .bind(&row.id)
+            .bind(token)
+            .bind(status_read)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        }
+    };
+    tx.commit().await?;
+    if affected == 0 {
+        // The status changed under us (a job was assigned or released): check again later.
+        return release(engine, &row.id, token).await;
+    }
+    if outcome.is_err() {
+        // A give-up is due for termination now; otherwise this is a no-op.
+        engine.hint(PipelineKind::Instances);
+    }
     Ok(())
 }

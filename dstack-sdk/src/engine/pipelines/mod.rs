@@ -16,10 +16,16 @@
 /// Implements [`Pipeline::claim`] and [`Pipeline::heartbeat`] for a table: `$table` is the
 /// table name and `$cond` the SQL filter of rows this pipeline processes. The calling module
 /// provides `MIN_INTERVAL` (the minimum time between two ticks of one row) and imports
-/// `Engine`, `Lease` and `db_before`.
+/// `Engine`, `Lease` and `db_before`; or, as a third argument, a closure `|&Engine| -> Duration`
+/// giving that interval.
 macro_rules! lease_impl {
     ($table:literal, $cond:literal) => {
+        lease_impl!($table, $cond, |_engine| MIN_INTERVAL);
+    };
+    // `$interval` maps the engine to the minimum time between two ticks of one row.
+    ($table:literal, $cond:literal, $interval:expr) => {
         async fn claim(engine: &Engine, limit: i64, lease: &Lease) -> crate::Result<Vec<String>> {
+            let min_interval: fn(&Engine) -> std::time::Duration = $interval;
             let mut tx = engine.store().begin().await?;
             let rows: Vec<(String,)> = sqlx::query_as(concat!(
                 "UPDATE ",
@@ -40,7 +46,7 @@ macro_rules! lease_impl {
             .bind(&lease.expires_at)
             .bind(Self::NAME)
             .bind(&lease.now)
-            .bind(db_before(MIN_INTERVAL))
+            .bind(db_before(min_interval(engine)))
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
@@ -48,6 +54,14 @@ macro_rules! lease_impl {
             Ok(rows.into_iter().map(|r| r.0).collect())
         }
 
+        heartbeat_impl!($table);
+    };
+}
+
+/// Implements [`Pipeline::heartbeat`] for a table (`$table`): extends the lease of a row while
+/// the token still holds.
+macro_rules! heartbeat_impl {
+    ($table:literal) => {
         async fn heartbeat(
             engine: &Engine,
             id: &str,
@@ -100,15 +114,47 @@ pub struct PipelineOptions {
     /// How long a running job's agent may stay unreachable before the job fails with
     /// `instance_unreachable` (`DSTACK_SERVER_JOB_DISCONNECT_TIMEOUT`, seconds; default 120).
     pub job_disconnect_timeout: Duration,
+    /// How often IDLE and BUSY instances are health-checked (and their idle time evaluated)
+    /// (`DSTACK_SERVER_INSTANCE_CHECK_INTERVAL`, seconds; dstack: twice the instance
+    /// pipeline's 7 s, i.e. 14).
+    pub instance_check_interval: Duration,
+    /// How long a cloud instance may stay unreachable before it is terminated with
+    /// `unreachable` (`DSTACK_SERVER_INSTANCE_UNREACHABLE_TIMEOUT`, seconds; dstack: 20 min).
+    /// SSH-fleet instances are never terminated for this.
+    pub instance_unreachable_timeout: Duration,
+    /// The minimum time between two ticks of one fleet
+    /// (`DSTACK_SERVER_FLEET_PROCESSING_INTERVAL`, seconds; dstack: 15).
+    pub fleet_interval: Duration,
+    /// The unit of the fleet consolidation back-off: attempts wait 1, 2, 5, 10, then 30 units
+    /// (`DSTACK_SERVER_FLEET_CONSOLIDATION_BACKOFF_UNIT`, seconds; dstack: 1 min).
+    pub consolidation_backoff_unit: Duration,
+}
+
+/// `name` as whole seconds, if set and valid.
+fn env_secs(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 impl Default for PipelineOptions {
+    /// dstack's values; the lifecycle intervals can be shortened through their environment
+    /// variables (read here, so that every engine of a process sees them).
     fn default() -> Self {
         Self {
             enabled: true,
             lease: Duration::from_secs(30),
             workers: 10,
             job_disconnect_timeout: Duration::from_secs(120),
+            instance_check_interval: env_secs("DSTACK_SERVER_INSTANCE_CHECK_INTERVAL")
+                .unwrap_or(Duration::from_secs(14)),
+            instance_unreachable_timeout: env_secs("DSTACK_SERVER_INSTANCE_UNREACHABLE_TIMEOUT")
+                .unwrap_or(Duration::from_secs(20 * 60)),
+            fleet_interval: env_secs("DSTACK_SERVER_FLEET_PROCESSING_INTERVAL")
+                .unwrap_or(Duration::from_secs(15)),
+            consolidation_backoff_unit: env_secs("DSTACK_SERVER_FLEET_CONSOLIDATION_BACKOFF_UNIT")
+                .unwrap_or(Duration::from_secs(60)),
         }
     }
 }

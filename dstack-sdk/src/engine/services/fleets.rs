@@ -738,7 +738,7 @@ impl Engine {
         .execute(&mut *tx)
         .await?;
         for inst in &instances {
-            insert_instance(&mut tx, inst, &project.id, &fleet_id, &now).await?;
+            insert_instance(&mut tx, inst, &spec, &project.id, &fleet_id, &now).await?;
         }
         tx.commit().await?;
         tracing::info!(fleet = %name, project = %project.name, instances = instances.len(), "fleet created");
@@ -880,7 +880,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         for inst in &to_add {
-            insert_instance(&mut tx, inst, &project.id, &row.id, &now).await?;
+            insert_instance(&mut tx, inst, &spec, &project.id, &row.id, &now).await?;
         }
         for id in &to_remove {
             terminate_instance_by_user(&mut tx, id).await?;
@@ -1123,19 +1123,67 @@ impl Engine {
     }
 }
 
+/// dstack's default idle time of fleet instances (`DEFAULT_FLEET_TERMINATION_IDLE_TIME`):
+/// 3 days.
+pub(crate) const DEFAULT_FLEET_TERMINATION_IDLE_TIME: i64 = 72 * 60 * 60;
+
+/// dstack's `get_termination` for a fleet's cloud instances: (`termination_policy`,
+/// `termination_idle_time` in seconds). `idle_duration` of the merged profile wins over the
+/// 3-day default; a negative one (`off`) means `DONT_DESTROY` (idle time −1).
+pub(crate) fn cloud_termination(spec: &FleetSpec) -> (&'static str, i64) {
+    match spec.merged_profile().params.idle_duration {
+        Some(d) if d < 0 => ("DONT_DESTROY", -1),
+        Some(d) => ("DESTROY_AFTER_IDLE", d),
+        None => ("DESTROY_AFTER_IDLE", DEFAULT_FLEET_TERMINATION_IDLE_TIME),
+    }
+}
+
+/// Inserts a PENDING cloud instance `<fleet name>-<num>` into a fleet (used by the fleet
+/// pipeline to keep `nodes.min`); the instance pipeline provisions it like any cloud instance.
+pub(crate) async fn insert_pending_cloud_instance(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    spec: &FleetSpec,
+    fleet_name: &str,
+    project_id: &str,
+    fleet_id: &str,
+    num: i64,
+    now: &str,
+) -> crate::Result<String> {
+    let inst = NewInstance {
+        id: Uuid::new_v4().to_string(),
+        name: format!("{fleet_name}-{num}"),
+        num,
+        status: InstanceStatus::Pending,
+        offer: None,
+        jpd: None,
+        rci: None,
+        total_blocks: blocks_of(spec.configuration.blocks),
+    };
+    insert_instance(tx, &inst, spec, project_id, fleet_id, now).await?;
+    Ok(inst.id)
+}
+
 async fn insert_instance(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     inst: &NewInstance,
+    spec: &FleetSpec,
     project_id: &str,
     fleet_id: &str,
     now: &str,
 ) -> crate::Result<()> {
+    // SSH hosts are never terminated for idleness (dstack: DONT_DESTROY, idle time 0).
+    let (policy, idle_time) = if inst.rci.is_some() {
+        ("DONT_DESTROY", 0)
+    } else {
+        cloud_termination(spec)
+    };
     sqlx::query(
         "INSERT INTO instances (id, name, instance_num, project_id, fleet_id, created_at, \
          last_processed_at, started_at, status, backend, region, price, offer, \
          job_provisioning_data, remote_connection_info, termination_policy, \
          termination_idle_time, total_blocks, busy_blocks, skip_min_processing_interval) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, 0, TRUE)",
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, \
+         TRUE)",
     )
     .bind(&inst.id)
     .bind(&inst.name)
@@ -1150,11 +1198,8 @@ async fn insert_instance(
     .bind(&inst.offer)
     .bind(&inst.jpd)
     .bind(&inst.rci)
-    .bind(if inst.rci.is_some() {
-        "DONT_DESTROY"
-    } else {
-        "DESTROY_AFTER_IDLE"
-    })
+    .bind(policy)
+    .bind(idle_time)
     .bind(inst.total_blocks)
     .execute(&mut **tx)
     .await?;
