@@ -864,7 +864,10 @@ impl Engine {
             );
             let hit = self.inner.run_json.get(&key, &fingerprint);
             if hit.is_none() {
-                let pname = project_names.get(&row.project_id).cloned().unwrap_or_default();
+                let pname = project_names
+                    .get(&row.project_id)
+                    .cloned()
+                    .unwrap_or_default();
                 misses.push((i, row, pname, (key, fingerprint)));
             }
             slots.push(hit);
@@ -877,9 +880,11 @@ impl Engine {
             let built = self.run_models(&page, submissions_limit).await?;
             for ((i, _, _, (key, fingerprint)), mut run) in misses.into_iter().zip(built) {
                 // A running job's cost grows with the clock: such a run is rebuilt each time.
-                let clock_dependent = run.jobs.iter().flat_map(|j| &j.job_submissions).any(|s| {
-                    s.finished_at.is_none() && s.job_provisioning_data.is_some()
-                });
+                let clock_dependent = run
+                    .jobs
+                    .iter()
+                    .flat_map(|j| &j.job_submissions)
+                    .any(|s| s.finished_at.is_none() && s.job_provisioning_data.is_some());
                 if !include_jobs {
                     run.jobs.clear();
                 }
