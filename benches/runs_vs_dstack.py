@@ -18,7 +18,8 @@ with 1,000 instances: a fresh server with background processing ON, VmRSS before
     python3 benches/runs_vs_dstack.py        # uses scripts/oracle-venv.sh for dstack
 
 Env: CONCURRENCY (default "1,50"), SECONDS_PER_ROUTE (5), SKIP_BUILD=1 (use the release
-binaries already in $CARGO_TARGET_DIR), N_RUNS (1000). Takes about 6 minutes; prints one table
+binaries already in $CARGO_TARGET_DIR), N_RUNS (1000), ROUTES=list (only routes whose name contains a word), ONLY=ours (skip the dstack side: a quick
+look at our own figures while working; the ratios need both). Takes about 6 minutes; prints one table
 (both servers, ratios), the RSS lines, then every figure as JSON.
 
 What is not the same on both sides: only the `runpod` backend, because dstack's other catalog
@@ -485,13 +486,35 @@ def check(status_body, what):
     return json.loads(body)
 
 
-def load(target, url, routes):
-    spec = json.dumps(routes)
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process and its children (dstack's server forks none; ours neither)."""
+    total = 0.0
+    pids = [pid]
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    pids += [int(p) for p in out.split()]
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def load(target, url, routes, pid):
+    """Closed-loop load per route and concurrency; adds the server's CPU ms per request, the
+    figure that does not depend on what else runs on the machine."""
     res = {}
     for conc in CONCS:
-        out = subprocess.run([str(target / "examples" / "api_load"), url, TOKEN, str(conc), str(SECS), spec],
-                             capture_output=True, text=True, check=True)
-        res.update({f"{k} @{conc}": v for k, v in json.loads(out.stdout).items()})
+        for rt in routes:
+            cpu0 = cpu_seconds(pid)
+            out = subprocess.run([str(target / "examples" / "api_load"), url, TOKEN, str(conc), str(SECS),
+                                  json.dumps([rt])], capture_output=True, text=True, check=True)
+            cpu = cpu_seconds(pid) - cpu0
+            for k, v in json.loads(out.stdout).items():
+                v["server_cpu_ms_per_req"] = 1000 * cpu / max(1, v.get("requests") or 1)
+                res[f"{k} @{conc}"] = v
     return res
 
 
@@ -527,9 +550,12 @@ def main():
         {"name": "runs/list (dstack ps -a)", **blobs["ps_all"]},
         {"name": "runs/list {limit:100}", "path": "/api/runs/list", "body": {"limit": 100}},
     ]
+    if os.environ.get("ROUTES"):
+        routes = [r for r in routes if any(w in r["name"] for w in os.environ["ROUTES"].split(","))]
     cmds = {"ours": [str(target / "dstack-server")], "dstack": [venv + "/bin/dstack", "server"]}
     results, templates = {}, None
-    for name in ("ours", "dstack"):
+    sides = [n for n in ("ours", "dstack") if n in os.environ.get("ONLY", "ours,dstack").split(",")]
+    for name in sides:
         r = results[name] = {}
         tmp = tempfile.mkdtemp(prefix=f"{name}-", dir=work)
         s = Server(name, cmds[name], tmp, catalog, background=False)
@@ -562,7 +588,7 @@ def main():
                 print(f"{name} {rt['name']}: HTTP {st}: {body[:300]!r}", file=sys.stderr)
         r["sanity"] = sanity
         time.sleep(1)
-        r["routes"] = load(target, s.url, routes)
+        r["routes"] = load(target, s.url, routes, s.proc.pid)
         r["rss_seeded_mib"] = rss_kib(s.proc.pid) / 1024
         s.stop()
         # 3. RSS with 1,000 instances, background processing on.
@@ -587,6 +613,14 @@ def main():
         finally:
             s.stop()
     shutil.rmtree(work, ignore_errors=True)
+    if sides != ["ours", "dstack"]:
+        for name in sides:
+            for route, a in results[name]["routes"].items():
+                print(f"{name:7} {route:34} p50/p99 {a['p50_ms'] or 0:8.2f}/{a['p99_ms'] or 0:<8.2f} ms  rps {a['rps']:8.0f}"
+                      f"  server CPU {a['server_cpu_ms_per_req']:.2f} ms/req  errors {a['errors']}")
+            print(f"{name:7} RSS: {results[name]['rss']['kib_per_instance']:.1f} KiB/instance")
+        print(json.dumps(results))
+        return 0
 
     o, d = results["ours"], results["dstack"]
     print(f"{'route @concurrency':34} {'ours p50/p99 ms':>17} {'dstack p50/p99 ms':>19} {'p99 ratio':>9} {'rps ours/dstack':>16}  errors")

@@ -8,6 +8,37 @@ use crate::{Error, ErrorKind};
 use super::Engine;
 use super::auth::authorize;
 
+/// A route's answer: a JSON value, or JSON text a service wrote directly (large lists whose
+/// items are cached as text, e.g. `runs/list`).
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// A JSON value.
+    Value(Value),
+    /// Serialised JSON.
+    Json(Vec<u8>),
+}
+
+impl Reply {
+    /// The answer as a JSON value.
+    pub(crate) fn into_value(self) -> crate::Result<Value> {
+        match self {
+            Reply::Value(v) => Ok(v),
+            Reply::Json(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::new(ErrorKind::Internal, e.to_string())),
+        }
+    }
+
+    /// The answer as JSON text.
+    pub(crate) fn into_bytes(self) -> crate::Result<Vec<u8>> {
+        match self {
+            Reply::Value(v) => {
+                serde_json::to_vec(&v).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))
+            }
+            Reply::Json(b) => Ok(b),
+        }
+    }
+}
+
 #[tracing::instrument(level = "debug", skip(engine, token, body), fields(route = ?route))]
 pub(crate) async fn call(
     engine: &Engine,
@@ -15,12 +46,12 @@ pub(crate) async fn call(
     token: Option<&str>,
     params: &PathParams,
     body: Option<Value>,
-) -> crate::Result<Value> {
+) -> crate::Result<Reply> {
     let spec = route.spec();
     let ctx = authorize(engine, spec.auth, token, params.project.as_deref()).await?;
     let backend = params.backend.as_deref().unwrap_or_default();
     use RouteId::*;
-    match route {
+    let value = match route {
         ServerGetInfo => Ok(json!({ "server_version": crate::SERVER_VERSION })),
         BackendsListTypes => Ok(json!(crate::engine::services::backends::available_types())),
 
@@ -71,7 +102,7 @@ pub(crate) async fn call(
         ReposInit => engine.repos_init(&ctx, body).await,
         ReposDelete => engine.repos_delete(&ctx, body).await,
 
-        RunsList => engine.runs_list(&ctx, body).await,
+        RunsList => return engine.runs_list(&ctx, body).await.map(Reply::Json),
         RunsGet => engine.runs_get(&ctx, body).await,
         RunsGetPlan => engine.runs_get_plan(&ctx, body).await,
         RunsApply => engine.runs_apply(&ctx, body).await,
@@ -91,5 +122,6 @@ pub(crate) async fn call(
             ErrorKind::Internal,
             format!("route {route:?} is not implemented"),
         )),
-    }
+    };
+    value.map(Reply::Value)
 }

@@ -15,6 +15,7 @@ mod links;
 pub mod pipelines;
 mod planner;
 mod read_cache;
+mod run_json_cache;
 pub mod services;
 pub mod ssh_deploy;
 pub mod startup;
@@ -103,6 +104,8 @@ pub(crate) fn env_flag(name: &str) -> bool {
 pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) cache: read_cache::ReadCache,
+    /// Serialised finished runs for `runs/list`.
+    pub(crate) run_json: run_json_cache::RunJsonCache,
     pub(crate) crypto: std::sync::RwLock<crypto::Crypto>,
     pub(crate) permissions: std::sync::RwLock<DefaultPermissions>,
     pub(crate) options: EngineOptions,
@@ -182,6 +185,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 cache: read_cache::ReadCache::default(),
+                run_json: run_json_cache::RunJsonCache::default(),
                 crypto: std::sync::RwLock::new(crypto::Crypto::default()),
                 permissions: std::sync::RwLock::new(DefaultPermissions::default()),
                 options,
@@ -210,7 +214,23 @@ impl Engine {
         params: &PathParams,
         body: Option<Value>,
     ) -> crate::Result<Value> {
-        dispatch::call(self, route, token, params, body).await
+        dispatch::call(self, route, token, params, body)
+            .await?
+            .into_value()
+    }
+
+    /// Like [`Engine::call`], but answers with the JSON text (what the HTTP server sends):
+    /// large lists built from cached JSON are not parsed back into values.
+    pub async fn call_json(
+        &self,
+        route: RouteId,
+        token: Option<&str>,
+        params: &PathParams,
+        body: Option<Value>,
+    ) -> crate::Result<Vec<u8>> {
+        dispatch::call(self, route, token, params, body)
+            .await?
+            .into_bytes()
     }
 
     /// Commits a write to users, projects, members or backends and invalidates the read cache.

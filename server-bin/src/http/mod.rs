@@ -99,8 +99,15 @@ async fn handle(
         project: params.get("project").cloned(),
         backend: params.get("backend").cloned(),
     };
-    match st.engine.call(id, token, &params, body).await {
-        Ok(v) => axum::Json(v).into_response(),
+    match st.engine.call_json(id, token, &params, body).await {
+        Ok(json) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response(),
         Err(e) => errors::render(&e).into_response(),
     }
 }

@@ -108,7 +108,7 @@ async fn job_row(engine: &Engine, id: &str) -> crate::Result<Option<JobRow>> {
 async fn run_row(engine: &Engine, id: &str) -> crate::Result<Option<RunRow>> {
     Ok(sqlx::query_as(
         "SELECT id, project_id, user_id, run_name, submitted_at, last_processed_at, status, \
-         termination_reason, run_spec, deployment_num, deleted FROM runs WHERE id = $1",
+         termination_reason, run_spec, deployment_num, deleted, jobs_rev FROM runs WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(engine.store().reader())

@@ -5,6 +5,7 @@
 //! (status messages, errors, cost) filled in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -56,6 +57,8 @@ pub(crate) struct RunRow {
     pub(crate) run_spec: String,
     pub(crate) deployment_num: i64,
     pub(crate) deleted: bool,
+    /// Bumped by triggers on every change to the run's jobs (migration 0007).
+    pub(crate) jobs_rev: i64,
 }
 
 /// `SELECT <run columns> FROM runs WHERE <cond>`.
@@ -63,7 +66,7 @@ macro_rules! select_runs {
     ($cond:literal) => {
         concat!(
             "SELECT id, project_id, user_id, run_name, submitted_at, last_processed_at, status, \
-             termination_reason, run_spec, deployment_num, deleted FROM runs WHERE ",
+             termination_reason, run_spec, deployment_num, deleted, jobs_rev FROM runs WHERE ",
             $cond
         )
     };
@@ -762,7 +765,7 @@ impl Engine {
         to_json(&self.run_model(&row, &project.name, None).await?)
     }
 
-    pub(crate) async fn runs_list(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
+    pub(crate) async fn runs_list(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Vec<u8>> {
         let req: ListRunsRequest = parse_body(body)?;
         if req.limit > 100 {
             return Err(Error::validation(
@@ -778,7 +781,7 @@ impl Engine {
         let user_id = match &req.username {
             Some(u) => match self.user_by_name(u).await? {
                 Some(user) => Some(user.id),
-                None => return to_json(&Vec::<Run>::new()),
+                None => return Ok(b"[]".to_vec()),
             },
             None => None,
         };
@@ -786,10 +789,12 @@ impl Engine {
         let pids = serde_json::to_string(&pids)
             .map_err(|e| Error::new(crate::ErrorKind::Internal, e.to_string()))?;
         // Keyset pagination in SQL, with dstack's order: newest first with ids ascending
-        // among equal times (oldest first with ids descending when `ascending`).
+        // among equal times (oldest first with ids descending when `ascending`). The unary `+`
+        // keeps SQLite off the project index, so it walks `runs_list_order` and stops at the
+        // limit instead of sorting every run of the project with its spec.
         let sql = if req.ascending {
             select_runs!(
-                "deleted = FALSE AND project_id IN (SELECT value FROM json_each($1)) \
+                "deleted = FALSE AND +project_id IN (SELECT value FROM json_each($1)) \
                  AND ($2 = FALSE OR status NOT IN ('done', 'failed', 'terminated')) \
                  AND ($3 IS NULL OR user_id = $3) \
                  AND ($4 IS NULL OR submitted_at > $4 \
@@ -798,7 +803,7 @@ impl Engine {
             )
         } else {
             select_runs!(
-                "deleted = FALSE AND project_id IN (SELECT value FROM json_each($1)) \
+                "deleted = FALSE AND +project_id IN (SELECT value FROM json_each($1)) \
                  AND ($2 = FALSE OR status NOT IN ('done', 'failed', 'terminated')) \
                  AND ($3 IS NULL OR user_id = $3) \
                  AND ($4 IS NULL OR submitted_at < $4 \
@@ -815,21 +820,92 @@ impl Engine {
             .bind(i64::from(req.limit))
             .fetch_all(self.store().reader())
             .await?;
-        let page: Vec<(RunRow, String)> = rows
-            .into_iter()
-            .map(|r| {
-                let name = names.get(&r.project_id).cloned().unwrap_or_default();
-                (r, name)
-            })
-            .collect();
         let limit = req.job_submissions_limit.map(|l| l as usize).or(Some(10));
-        let mut out = self.run_models(&page, limit).await?;
-        if !req.include_jobs {
-            for run in &mut out {
-                run.jobs.clear();
+        self.runs_page_json(rows, &names, limit, req.include_jobs)
+            .await
+    }
+
+    /// The JSON array of a page of runs: runs whose rows are unchanged since they were last
+    /// built come from [`RunJsonCache`], the rest are built (and cached unless their cost
+    /// moves with the clock).
+    ///
+    /// [`RunJsonCache`]: crate::engine::run_json_cache::RunJsonCache
+    async fn runs_page_json(
+        &self,
+        rows: Vec<RunRow>,
+        project_names: &std::collections::HashMap<String, String>,
+        submissions_limit: Option<usize>,
+        include_jobs: bool,
+    ) -> crate::Result<Vec<u8>> {
+        use crate::engine::run_json_cache::RunJsonKey;
+        use std::hash::{Hash, Hasher};
+        let internal = |e: serde_json::Error| Error::new(crate::ErrorKind::Internal, e.to_string());
+        let mut slots: Vec<Option<Arc<[u8]>>> = Vec::with_capacity(rows.len());
+        let mut misses: Vec<(usize, RunRow, String, (RunJsonKey, String))> = Vec::new();
+        for (i, row) in rows.into_iter().enumerate() {
+            // Everything the model is built from: the run row (its spec by hash) and, through
+            // `jobs_rev`, every change to its jobs.
+            let mut spec_hash = std::collections::hash_map::DefaultHasher::new();
+            row.run_spec.hash(&mut spec_hash);
+            let key = RunJsonKey {
+                run_id: row.id.clone(),
+                submissions_limit,
+                include_jobs,
+            };
+            let fingerprint = format!(
+                "{}|{}|{}|{}|{}|{}|{:x}",
+                row.last_processed_at,
+                row.status,
+                row.deleted,
+                row.deployment_num,
+                row.termination_reason.as_deref().unwrap_or_default(),
+                row.jobs_rev,
+                spec_hash.finish()
+            );
+            let hit = self.inner.run_json.get(&key, &fingerprint);
+            if hit.is_none() {
+                let pname = project_names
+                    .get(&row.project_id)
+                    .cloned()
+                    .unwrap_or_default();
+                misses.push((i, row, pname, (key, fingerprint)));
+            }
+            slots.push(hit);
+        }
+        if !misses.is_empty() {
+            let page: Vec<(RunRow, String)> = misses
+                .iter()
+                .map(|(_, r, p, _)| (r.clone(), p.clone()))
+                .collect();
+            let built = self.run_models(&page, submissions_limit).await?;
+            for ((i, _, _, (key, fingerprint)), mut run) in misses.into_iter().zip(built) {
+                // A running job's cost grows with the clock: such a run is rebuilt each time.
+                let clock_dependent = run
+                    .jobs
+                    .iter()
+                    .flat_map(|j| &j.job_submissions)
+                    .any(|s| s.finished_at.is_none() && s.job_provisioning_data.is_some());
+                if !include_jobs {
+                    run.jobs.clear();
+                }
+                let json: Arc<[u8]> = Arc::from(serde_json::to_vec(&run).map_err(internal)?);
+                if !clock_dependent && self.inner.run_json.enabled() {
+                    self.inner.run_json.put(key, fingerprint, json.clone());
+                }
+                slots[i] = Some(json);
             }
         }
-        to_json(&out)
+        let total: usize = slots.iter().flatten().map(|j| j.len() + 1).sum();
+        let mut out = Vec::with_capacity(total + 2);
+        out.push(b'[');
+        for (n, json) in slots.iter().flatten().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(json);
+        }
+        out.push(b']');
+        Ok(out)
     }
 
     pub(crate) async fn runs_stop(&self, ctx: &Ctx, body: Option<Value>) -> crate::Result<Value> {
