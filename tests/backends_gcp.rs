@@ -1085,7 +1085,9 @@ async fn throttling_is_retried_with_backoff() {
     fake.state.lock().unwrap().inject.extend([
         ("POST".to_string(), "/instances".to_string(), 429),
         ("POST".to_string(), "/instances".to_string(), 429),
-        ("GET".to_string(), "/regions".to_string(), 429),
+        // 503 on a GET: the Google client would retry it on its own; its retries are off,
+        // so the request count below is exactly ours.
+        ("GET".to_string(), "/regions".to_string(), 503),
     ]);
     let jpd = c
         .create_instance(&o, &instance_config("retry-0"), None)
@@ -1101,7 +1103,7 @@ async fn throttling_is_retried_with_backoff() {
         .lock()
         .unwrap()
         .inject
-        .extend((0..4).map(|_| ("DELETE".to_string(), "/instances/".to_string(), 429)));
+        .extend((0..4).map(|_| ("DELETE".to_string(), "/instances/".to_string(), 503)));
     let err = c
         .terminate_instance(&jpd.instance_id, &jpd.region, jpd.backend_data.as_deref())
         .await
