@@ -3,6 +3,7 @@
 //! [`Engine::call`](dstack_sdk::engine::Engine::call), and renders the result or the error in
 //! dstack's shapes. There is no per-route code here.
 
+mod agent_download;
 mod errors;
 mod proxy;
 mod server;
@@ -37,7 +38,9 @@ impl AppState {
 
 /// Builds the router with every route and middleware.
 pub fn router(state: AppState) -> Router {
-    let mut app = Router::new().route("/healthcheck", get(server::healthcheck));
+    let mut app = Router::new()
+        .route("/healthcheck", get(server::healthcheck))
+        .route("/agent/download/{file}", get(agent_download::download));
     for spec in ROUTES {
         let id = spec.id;
         let mut route = post(

@@ -9,6 +9,11 @@ use crate::offers::{Catalog, SharedCatalog};
 /// The env var that overrides the agent download URL template.
 pub const AGENT_DOWNLOAD_URL_ENV: &str = "DSTACK_AGENT_DOWNLOAD_URL";
 
+/// The env var with the server's URL as instances reach it (dstack's `DSTACK_SERVER_URL`):
+/// when set and [`AGENT_DOWNLOAD_URL_ENV`] is not, VMs download the agent from the server
+/// ([`AgentDownload::FromServer`]).
+pub const SERVER_URL_ENV: &str = "DSTACK_SERVER_URL";
+
 /// The default agent download URL template (`{version}`, `{arch}` = `amd64` / `arm64`).
 pub const DEFAULT_AGENT_DOWNLOAD_URL: &str = "https://github.com/dstack-sdk/dstack-sdk/releases/download/v{version}/dstack-server-linux-{arch}";
 
@@ -29,11 +34,25 @@ pub enum AgentDownload {
 }
 
 impl AgentDownload {
-    /// `DSTACK_AGENT_DOWNLOAD_URL` when set, else [`DEFAULT_AGENT_DOWNLOAD_URL`].
+    /// `DSTACK_AGENT_DOWNLOAD_URL` when set; else the server itself when `DSTACK_SERVER_URL`
+    /// is set; else [`DEFAULT_AGENT_DOWNLOAD_URL`].
     pub fn from_env() -> Self {
-        match std::env::var(AGENT_DOWNLOAD_URL_ENV) {
-            Ok(url) if !url.trim().is_empty() => Self::Template(url),
-            _ => Self::Template(DEFAULT_AGENT_DOWNLOAD_URL.to_string()),
+        Self::from_values(
+            std::env::var(AGENT_DOWNLOAD_URL_ENV).ok().as_deref(),
+            std::env::var(SERVER_URL_ENV).ok().as_deref(),
+        )
+    }
+
+    /// [`Self::from_env`] with the two values given: an explicit download URL template wins,
+    /// then the server's own URL, then the default template (blank values count as unset).
+    pub fn from_values(download_url: Option<&str>, server_url: Option<&str>) -> Self {
+        let set = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(String::from);
+        if let Some(url) = set(download_url) {
+            Self::Template(url)
+        } else if let Some(base_url) = set(server_url) {
+            Self::FromServer { base_url }
+        } else {
+            Self::Template(DEFAULT_AGENT_DOWNLOAD_URL.to_string())
         }
     }
 
@@ -136,6 +155,44 @@ mod tests {
         assert_eq!(
             s.url("0.1.0", "amd64"),
             "http://10.0.0.1:3000/agent/download/dstack-server-linux-amd64"
+        );
+    }
+
+    #[test]
+    fn agent_download_defaults_to_the_server_url() {
+        // No download URL: the server's own route when its URL is known.
+        let d = AgentDownload::from_values(None, Some("https://dstack.example.com/"));
+        assert_eq!(
+            d,
+            AgentDownload::FromServer {
+                base_url: "https://dstack.example.com/".into()
+            }
+        );
+        assert_eq!(
+            d.url("0.22.5", "arm64"),
+            "https://dstack.example.com/agent/download/dstack-server-linux-arm64"
+        );
+        // An explicit template wins over the server URL.
+        assert_eq!(
+            AgentDownload::from_values(Some("https://x/{arch}"), Some("http://s:3000")),
+            AgentDownload::Template("https://x/{arch}".into())
+        );
+        // Neither (or blank values): the release download.
+        for (d, s) in [(None, None), (Some(" "), Some(""))] {
+            assert_eq!(
+                AgentDownload::from_values(d, s),
+                AgentDownload::Template(DEFAULT_AGENT_DOWNLOAD_URL.into())
+            );
+        }
+        // The bootstrap of a VM uses it.
+        let settings = BackendSettings::new("sid").with_agent_download(AgentDownload::from_values(
+            None,
+            Some("http://10.1.2.3:3000"),
+        ));
+        let b = crate::backends::common::cloud_init::AgentBootstrap::new(&settings, "amd64");
+        assert_eq!(
+            b.download_url,
+            "http://10.1.2.3:3000/agent/download/dstack-server-linux-amd64"
         );
     }
 }

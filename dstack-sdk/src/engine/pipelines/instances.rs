@@ -215,6 +215,16 @@ async fn deploy_ssh(engine: &Engine, row: &InstanceRow, token: &str) -> crate::R
     let result = match outcome {
         Err(_) => timeout_result(row),
         Ok(Ok(d)) => Finish::Idle(Box::new(d)),
+        // A cloud VM whose sshd is not up yet (or whose cloud-init has not yet authorised the
+        // key) is retried until the deadline, as dstack does: its first SSH attempts usually
+        // come before the VM has booted.
+        Ok(Err(e))
+            if matches!(e.step, "connect" | "host key" | "auth")
+                && row.jpd().is_some_and(|j| j.backend.as_str() != "remote") =>
+        {
+            tracing::info!(instance = %row.name, error = %e, "the cloud instance is not reachable over SSH yet; will retry the deploy");
+            return release(engine, &row.id, token).await;
+        }
         Ok(Err(e)) => {
             tracing::warn!(instance = %row.name, error = %e, "deploy failed");
             Finish::Terminated(InstanceTerminationReason::Error, e.to_string())

@@ -109,7 +109,8 @@ pub struct PipelineOptions {
     pub enabled: bool,
     /// How long a claimed row stays leased without a heartbeat (dstack: 20–30 s).
     pub lease: Duration,
-    /// Workers per pipeline.
+    /// Workers per pipeline (`DSTACK_SERVER_PIPELINE_WORKERS`; default 10): how many rows of
+    /// one kind are processed at once, e.g. cloud instances being created.
     pub workers: usize,
     /// How long a running job's agent may stay unreachable before the job fails with
     /// `instance_unreachable` (`DSTACK_SERVER_JOB_DISCONNECT_TIMEOUT`, seconds; default 120).
@@ -145,7 +146,8 @@ impl Default for PipelineOptions {
         Self {
             enabled: true,
             lease: Duration::from_secs(30),
-            workers: 10,
+            workers: env_secs("DSTACK_SERVER_PIPELINE_WORKERS")
+                .map_or(10, |n| n.as_secs().clamp(1, 256) as usize),
             job_disconnect_timeout: Duration::from_secs(120),
             instance_check_interval: env_secs("DSTACK_SERVER_INSTANCE_CHECK_INTERVAL")
                 .unwrap_or(Duration::from_secs(14)),
