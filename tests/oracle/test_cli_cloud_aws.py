@@ -10,24 +10,16 @@ Flow: backend create (credentials checked against moto) → `dstack apply` of a 
 RunInstances in moto → IDLE → `dstack apply` of a task → logs → `dstack fleet delete` →
 TerminateInstances in moto.
 """
-import base64
 import json
-import os
 import pathlib
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
-from conftest import ROOT, _free_port, _wait_healthy, build_server
-
-VENV_BIN = pathlib.Path(sys.executable).parent
-DSTACK = VENV_BIN / "dstack"
-TOKEN = "cloud-admin-token"
+from cloud_env import VENV_BIN, api, cli, cloud_env, wait_fleet_instance, wait_port, wait_run  # noqa: F401
+from conftest import _free_port
 
 KEYS_SCRIPT = """#!{python}
 # AuthorizedKeysCommand: the ssh_authorized_keys of every running instance's cloud-init user
@@ -49,119 +41,23 @@ for r in ec2.describe_instances()["Reservations"]:
 """
 
 
-def _wait_port(port, proc, what, timeout=30):
-    deadline = time.time() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, f"{what} did not start"
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.fail("needs root: the test creates users and starts sshd")
-    subprocess.run(["bash", str(ROOT / "scripts" / "sshd-test-env.sh")], check=True)
+def env():
     moto_bin = VENV_BIN / "moto_server"
     assert moto_bin.exists(), "moto_server missing: run `bash scripts/oracle-venv.sh`"
-    procs = []
-    d = pathlib.Path(tempfile.mkdtemp(prefix="dstack-cloud-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    try:
-        moto_port = _free_port()
-        moto = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(moto_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(moto)
-        _wait_port(moto_port, moto, "moto")
-        moto_url = f"http://127.0.0.1:{moto_port}"
-        # The "VM": sshd whose keys come from the instances' user data.
-        # sshd runs the command only if every directory up to / is root-owned and not
-        # writable by others, which rules out /tmp.
-        keys_dir = pathlib.Path("/usr/local/lib/dstack-sdk-test")
-        keys_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(keys_dir, 0o755)
-        keys = keys_dir / f"keys-{moto_port}.py"
-        keys.write_text(KEYS_SCRIPT.format(python=sys.executable, moto=moto_url))
-        os.chmod(keys, 0o755)
-        d_keys = keys
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
-        ssh_port = _free_port()
-        (d / "sshd_config").write_text(
-            f"Port {ssh_port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
-            f"AuthorizedKeysFile none\nAuthorizedKeysCommand {keys}\nAuthorizedKeysCommandUser root\n"
-            "StrictModes no\nUsePAM no\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nAllowTcpForwarding yes\nMaxStartups 100\n"
-            "MaxSessions 100\nSubsystem sftp /usr/lib/openssh/sftp-server\n"
-        )
-        sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
-                                stderr=open(d / "sshd.log", "w"))
-        procs.append(sshd)
-        _wait_port(ssh_port, sshd, "sshd")
-        # Our server, with the AWS endpoint at moto and the test AWS catalog.
-        port = _free_port()
-        home = d / "home"
-        home.mkdir()
-        e = dict(os.environ)
-        e.update(
-            HOME=str(home), DSTACK_SERVER_DIR=str(d / "server"), DSTACK_SERVER_PORT=str(port),
-            DSTACK_SERVER_HOST="127.0.0.1", DSTACK_SERVER_ADMIN_TOKEN=TOKEN,
-            DSTACK_DO_NOT_UPDATE_DEFAULT_PROJECT="1",
-            GPUHUNT_CATALOG_DIR=str(ROOT / "tests" / "fixtures" / "catalog" / "aws"),
-            DSTACK_ENDPOINT_URL_AWS=moto_url,
-            DSTACK_SERVER_INSTANCE_SSH_OVERRIDE=f"127.0.0.1:{ssh_port}",
-            DSTACK_AGENT_REMOTE_PATH=str(d / "bin" / "dstack-agent"),
-            DSTACK_AGENT_HOME=str(d / "agent-home"),
-            DSTACK_AGENT_SHIM_PORT=str(_free_port()),
-            DSTACK_AGENT_RUNNER_PORT=str(_free_port()),
-            AWS_EC2_METADATA_DISABLED="true",
-        )
-        log = open(d / "server.log", "w")
-        server = subprocess.Popen([str(build_server())], env=e, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(server)
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, server, 60, "our server")
-        cli_env = dict(e)
-        cli_env.pop("DSTACK_SERVER_PORT")
-        proj = d / "proj"
-        proj.mkdir()
-        s = {"url": url, "env": cli_env, "proj": proj, "log": d / "server.log", "moto": moto_url, "dir": d}
-        cli(s, "project", "add", "--name", "main", "--url", url, "--token", TOKEN, "-y")
+    moto_port = _free_port()
+    moto = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(moto_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(moto_port, moto, "moto")
+    moto_url = f"http://127.0.0.1:{moto_port}"
+    server_env = dict(
+        GPUHUNT_CATALOG_DIR=str(pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "catalog" / "aws"),
+        DSTACK_ENDPOINT_URL_AWS=moto_url,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    with cloud_env(KEYS_SCRIPT.format(python=sys.executable, moto=moto_url), server_env, [moto]) as s:
+        s["moto"] = moto_url
         yield s
-    finally:
-        pid = d / "agent-home" / "agent.pid"
-        if pid.exists():
-            subprocess.run(["kill", "-TERM", "--", "-" + pid.read_text().strip()], capture_output=True)
-        for p in reversed(procs):
-            p.kill()
-            p.wait()
-        shutil.rmtree(d, ignore_errors=True)
-        for k in pathlib.Path("/usr/local/lib/dstack-sdk-test").glob(f"keys-*.py"):
-            k.unlink(missing_ok=True)
-
-
-def cli(s, *args, check=True, timeout=240):
-    r = subprocess.run([str(DSTACK), *args], env=s["env"], cwd=s["proj"], capture_output=True,
-                       text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"dstack {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}\n"
-                             f"--- server log tail ---\n{s['log'].read_text()[-5000:]}")
-    return r
-
-
-def api(s, path, body):
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(s["url"] + path, data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
 
 
 def ec2(s):
@@ -224,14 +120,7 @@ resources:
 spot_policy: on-demand
 """)
     cli(env, "apply", "-f", "fleet.dstack.yml", "-y", "-d")
-    deadline = time.time() + 240
-    while True:
-        st, fleet = api(env, "/api/project/main/fleets/get", {"name": "cloud"})
-        inst = (fleet.get("instances") or [{}])[0] if st == 200 else {}
-        if inst.get("status") in ("idle", "terminated"):
-            break
-        assert time.time() < deadline, f"fleet not ready: {json.dumps(fleet)[:2000]}\n{env['log'].read_text()[-4000:]}"
-        time.sleep(1)
+    inst = wait_fleet_instance(env, "cloud")
     assert inst["status"] == "idle", json.dumps(inst)[:2000] + env["log"].read_text()[-4000:]
     assert inst["backend"] == "aws" and inst["instance_type"]["name"] == "t3.micro"
     ours = moto_instances(env)
@@ -251,13 +140,7 @@ resources:
   disk: 1GB..
 """)
     cli(env, "apply", "-f", "task.dstack.yml", "-y", "-d")
-    deadline = time.time() + 120
-    while True:
-        st, run = api(env, "/api/project/main/runs/get", {"run_name": "on-cloud"})
-        if run.get("status") in ("done", "failed", "terminated"):
-            break
-        assert time.time() < deadline, json.dumps(run)[:2000]
-        time.sleep(1)
+    run = wait_run(env, "on-cloud")
     assert run["status"] == "done", json.dumps(run)[:3000]
     assert "hello-from-the-cloud" in cli(env, "logs", "on-cloud").stdout
 

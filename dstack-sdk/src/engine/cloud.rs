@@ -98,13 +98,54 @@ impl Engine {
             return Ok(Some(c.clone()));
         }
         let typed = AnyBackendConfigWithCreds::parse(&config, false)?;
-        let compute = backends::for_config(&typed, &self.backend_settings())
-            .await
-            .map_err(Error::from)?;
+        let compute = self.build_compute(project_id, &typed).await?;
         if let Ok(mut cache) = self.inner.computes.cache.lock() {
             cache.insert(key, (fingerprint, compute.clone()));
         }
         Ok(Some(compute))
+    }
+
+    /// Builds a backend. A Kubernetes backend gets the SSH [`JumpKeyInstaller`] with the
+    /// project's private key, so each run's key is authorised in the project's jump pod.
+    ///
+    /// [`JumpKeyInstaller`]: crate::backends::kubernetes::JumpKeyInstaller
+    async fn build_compute(
+        &self,
+        project_id: &str,
+        typed: &AnyBackendConfigWithCreds,
+    ) -> crate::Result<Arc<dyn Compute>> {
+        #[cfg(feature = "kubernetes")]
+        if let AnyBackendConfigWithCreds::Kubernetes(c) = typed {
+            use crate::backends::kubernetes::KubernetesCompute;
+            use crate::backends::kubernetes::jump_keys::SshJumpKeyInstaller;
+            let key = self.project_private_key(project_id).await?;
+            let compute = KubernetesCompute::new(c.clone(), self.backend_settings())
+                .await
+                .map_err(Error::from)?
+                .with_jump_key_installer(Arc::new(SshJumpKeyInstaller::new(key)));
+            return Ok(Arc::new(compute));
+        }
+        let _ = project_id;
+        backends::for_config(typed, &self.backend_settings())
+            .await
+            .map_err(Error::from)
+    }
+
+    /// The project's SSH private key (OpenSSH PEM), decrypted.
+    pub(crate) async fn project_private_key(&self, project_id: &str) -> crate::Result<String> {
+        let (stored,): (Option<String>,) =
+            sqlx::query_as("SELECT ssh_private_key FROM projects WHERE id = $1")
+                .bind(project_id)
+                .fetch_optional(self.store().reader())
+                .await?
+                .ok_or_else(Error::not_found)?;
+        let stored = stored.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                "the project has no SSH key; recreate the project",
+            )
+        })?;
+        Ok(self.crypto().decrypt(&stored)?)
     }
 
     /// Checks a backend config's credentials against its cloud (backends created or updated

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::engine::Engine;
 use crate::engine::services::instances::InstanceRow;
 use crate::engine::ssh_deploy::target_of;
-use crate::ssh::{ConnectOptions, SshPool, Tunnel};
+use crate::ssh::{ConnectOptions, SshPool, SshTarget, Tunnel};
 use crate::{Error, ErrorKind};
 
 /// The engine's SSH pool and tunnel cache.
@@ -32,7 +32,8 @@ impl Default for Links {
 }
 
 impl Links {
-    /// Forgets every tunnel of an instance (it was terminated or its host changed).
+    /// Forgets every tunnel of an instance or a container job (it was terminated, its host
+    /// changed, or a tunnel stopped working).
     pub(crate) fn forget_instance(&self, instance_id: &str) {
         if let Ok(mut t) = self.tunnels.lock() {
             t.retain(|(id, _), _| id != instance_id);
@@ -48,9 +49,14 @@ impl Engine {
         inst: &InstanceRow,
         port: u16,
     ) -> crate::Result<std::net::SocketAddr> {
-        let links = &self.inner.links;
-        let key = (inst.id.clone(), port);
-        if let Some(t) = links.tunnels.lock().ok().and_then(|t| t.get(&key).cloned()) {
+        if let Some(t) = self
+            .inner
+            .links
+            .tunnels
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&(inst.id.clone(), port)).cloned())
+        {
             return Ok(t.local_addr());
         }
         let rci = self.remote_connection_info(inst)?.ok_or_else(|| {
@@ -59,10 +65,27 @@ impl Engine {
                 format!("instance {} has no SSH connection info", inst.name),
             )
         })?;
-        let target = target_of(&rci);
+        self.tunnel_to(&inst.id, &target_of(&rci), port).await
+    }
+
+    /// A local address that reaches `127.0.0.1:port` on `target` (which may go through a
+    /// proxy jump, as a container backend's job pod does), pooled under `key` (an instance
+    /// or a job id) like [`Engine::instance_tunnel`]; [`Links::forget_instance`] with the
+    /// same key drops it.
+    pub(crate) async fn tunnel_to(
+        &self,
+        key: &str,
+        target: &SshTarget,
+        port: u16,
+    ) -> crate::Result<std::net::SocketAddr> {
+        let links = &self.inner.links;
+        let key = (key.to_string(), port);
+        if let Some(t) = links.tunnels.lock().ok().and_then(|t| t.get(&key).cloned()) {
+            return Ok(t.local_addr());
+        }
         let tunnel = links
             .pool
-            .forward_local(&target, "127.0.0.1", port)
+            .forward_local(target, "127.0.0.1", port)
             .await
             .map_err(|e| Error::new(ErrorKind::Transport, e.to_string()))?;
         let addr = tunnel.local_addr();

@@ -42,7 +42,11 @@ fn builder_error(service: &str, e: impl std::fmt::Display) -> BackendError {
 
 macro_rules! build_client {
     ($ty:ty, $name:literal, $creds:expr, $endpoint:expr) => {{
-        let mut b = <$ty>::builder().with_credentials($creds.clone());
+        // Retries are ours (backends/common/retry.rs, counted and logged); the client's own
+        // would nest inside them.
+        let mut b = <$ty>::builder()
+            .with_credentials($creds.clone())
+            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
         if let Some(url) = $endpoint {
             b = b.with_endpoint(url.to_string());
         }

@@ -17,18 +17,25 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::agent::client::{RunnerClient, ShimClient};
-use crate::agent::protocol::runner::{JobState, SubmitBody};
+use crate::agent::protocol::runner::{JobInfoResponse, JobState, SubmitBody};
 use crate::agent::protocol::shim::{TaskConfig, TaskStatus, TerminateRequest};
 use crate::engine::services::instances::{InstanceRow, select_instances};
 use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db, select_jobs};
 use crate::engine::{Engine, time};
-use crate::models::jobs::{JobProvisioningData, JobRuntimeData, JobStatus, JobTerminationReason};
+use crate::models::jobs::{
+    JobProvisioningData, JobRuntimeData, JobSpec, JobStatus, JobTerminationReason,
+};
 use crate::models::offers::InstanceOfferWithAvailability;
 use crate::models::profiles::RetryEvent;
 use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
 use crate::{Error, ErrorKind};
 
 use super::{Lease, Pipeline, PipelineKind, db_before};
+
+/// Jobs on container backends (`run_job`: Kubernetes): see its module docs.
+#[cfg(feature = "backends")]
+#[path = "container_jobs.rs"]
+mod container_jobs;
 
 /// The job pipeline.
 pub(crate) struct JobPipeline;
@@ -249,20 +256,24 @@ fn agent_err(e: crate::agent::AgentError) -> Error {
     Error::new(ErrorKind::Internal, e.to_string())
 }
 
-async fn process_job(engine: &Engine, id: &str, _token: &str) -> crate::Result<()> {
+async fn process_job(engine: &Engine, id: &str, token: &str) -> crate::Result<()> {
     let Some(job) = job_row(engine, id).await? else {
         return Ok(());
     };
+    #[cfg(feature = "backends")]
+    if job.status() != JobStatus::Running && container_jobs::is_container_job(&job) {
+        return container_jobs::process(engine, &job, token).await;
+    }
     match job.status() {
-        JobStatus::Submitted => assign_instance(engine, &job).await,
+        JobStatus::Submitted => assign_instance(engine, &job, token).await,
         JobStatus::Provisioning | JobStatus::Pulling => start_job(engine, &job).await,
-        JobStatus::Running => pull_job(engine, &job).await,
+        JobStatus::Running => pull_job(engine, &job, token).await,
         JobStatus::Terminating => terminate_job(engine, &job).await,
         _ => Ok(()),
     }
 }
 
-async fn assign_instance(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::Result<()> {
     let spec = job.spec()?;
     let project_id: (String,) = sqlx::query_as("SELECT project_id FROM jobs WHERE id = $1")
         .bind(&job.id)
@@ -345,6 +356,25 @@ async fn assign_instance(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         engine.hint(PipelineKind::Jobs);
         return Ok(());
     }
+    #[cfg(feature = "backends")]
+    match container_jobs::run_on_backend(engine, job, token, &project_id.0, &run, &run_spec).await?
+    {
+        container_jobs::Launch::Started => return Ok(()),
+        container_jobs::Launch::Failed(message) => {
+            return set_job_status(
+                engine,
+                &job.id,
+                JobStatus::Failed,
+                Some(JobTerminationReason::FailedToStartDueToNoCapacity),
+                Some(&message),
+                None,
+            )
+            .await;
+        }
+        container_jobs::Launch::NoOffers => {}
+    }
+    #[cfg(not(feature = "backends"))]
+    let _ = token;
     set_job_status(
         engine,
         &job.id,
@@ -483,57 +513,16 @@ async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
             }
             _ => return Ok(None),
         }
-        let body = json!({
-            "run": {
-                "id": run.id,
-                "run_spec": {
-                    "run_name": run.run_name,
-                    "repo_id": run_spec.repo_id.clone().unwrap_or_else(|| "none".into()),
-                    "repo_data": run_spec.repo_data.clone().map_or_else(
-                        || json!({"repo_type": "virtual"}),
-                        |d| serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
-                    ),
-                    "configuration": {"type": run_spec.configuration.kind()},
-                    "configuration_path": run_spec.configuration_path.clone().unwrap_or_default(),
-                },
-            },
-            "job_spec": spec,
-            "job_submission": {"id": job.id},
-            "cluster_info": cluster_info,
-            "secrets": {},
-        });
-        let body: SubmitBody = serde_json::from_value(body)
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("submit body: {e}")))?;
-        link.runner.submit(&body).await.map_err(agent_err)?;
-        for fa in &spec.file_archives {
-            let id = fa.id.to_string();
-            let data = engine.file_archive_blob(&id).await?.ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "file archive {id} for {} is gone; apply the run again",
-                        fa.path
-                    ),
-                )
-            })?;
-            link.runner
-                .upload_archive(&id, &data)
-                .await
-                .map_err(agent_err)?;
-        }
-        let repo: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT repo_id FROM runs WHERE id = $1")
-                .bind(&run.id)
-                .fetch_optional(engine.store().reader())
-                .await?;
-        if let (Some(hash), Some(repo)) = (
-            spec.repo_code_hash.as_deref(),
-            repo.and_then(|r| r.0).as_deref(),
-        ) && let Some(code) = engine.code_blob(repo, hash).await?
-        {
-            link.runner.upload_code(code).await.map_err(agent_err)?;
-        }
-        let job_info = link.runner.run().await.map_err(agent_err)?;
+        let job_info = submit_to_runner(
+            engine,
+            job,
+            &run,
+            &run_spec,
+            &spec,
+            Some(&cluster_info),
+            &link.runner,
+        )
+        .await?;
         Ok(Some((info, job_info)))
     }
     .await;
@@ -622,6 +611,68 @@ async fn cluster_info(engine: &Engine, job: &JobRow) -> crate::Result<Option<ser
     })))
 }
 
+/// Hands a job to its runner (dstack's `_submit_job_to_runner`): submit with the run and job
+/// specs (and the cluster of a multi-node replica), the file archives, the repo code, then
+/// run. Shared by jobs on fleet instances and
+/// jobs in container-backend pods.
+async fn submit_to_runner(
+    engine: &Engine,
+    job: &JobRow,
+    run: &RunRow,
+    run_spec: &RunSpec,
+    spec: &JobSpec,
+    cluster_info: Option<&serde_json::Value>,
+    runner: &RunnerClient,
+) -> crate::Result<Option<JobInfoResponse>> {
+    let body = json!({
+        "run": {
+            "id": run.id,
+            "run_spec": {
+                "run_name": run.run_name,
+                "repo_id": run_spec.repo_id.clone().unwrap_or_else(|| "none".into()),
+                "repo_data": run_spec.repo_data.clone().map_or_else(
+                    || json!({"repo_type": "virtual"}),
+                    |d| serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
+                ),
+                "configuration": {"type": run_spec.configuration.kind()},
+                "configuration_path": run_spec.configuration_path.clone().unwrap_or_default(),
+            },
+        },
+        "job_spec": spec,
+        "job_submission": {"id": job.id},
+        "cluster_info": cluster_info,
+        "secrets": {},
+    });
+    let body: SubmitBody = serde_json::from_value(body)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("submit body: {e}")))?;
+    runner.submit(&body).await.map_err(agent_err)?;
+    for fa in &spec.file_archives {
+        let id = fa.id.to_string();
+        let data = engine.file_archive_blob(&id).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "file archive {id} for {} is gone; apply the run again",
+                    fa.path
+                ),
+            )
+        })?;
+        runner.upload_archive(&id, &data).await.map_err(agent_err)?;
+    }
+    let repo: Option<(Option<String>,)> = sqlx::query_as("SELECT repo_id FROM runs WHERE id = $1")
+        .bind(&run.id)
+        .fetch_optional(engine.store().reader())
+        .await?;
+    if let (Some(hash), Some(repo)) = (
+        spec.repo_code_hash.as_deref(),
+        repo.and_then(|r| r.0).as_deref(),
+    ) && let Some(code) = engine.code_blob(repo, hash).await?
+    {
+        runner.upload_code(code).await.map_err(agent_err)?;
+    }
+    runner.run().await.map_err(agent_err)
+}
+
 /// How long a job may wait for an unreachable agent before it fails.
 const AGENT_WAIT_LIMIT: Duration = Duration::from_secs(10 * 60);
 
@@ -703,7 +754,7 @@ async fn store_logs(
     Ok(())
 }
 
-async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
+async fn pull_job(engine: &Engine, job: &JobRow, token: &str) -> crate::Result<()> {
     if let Some(max) = job.spec()?.max_duration.filter(|m| *m > 0) {
         let age = time::from_db(&job.submitted_at).map(|t| (time::now() - t).num_seconds());
         if age.is_some_and(|a| a > max) {
@@ -722,6 +773,12 @@ async fn pull_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
             return Ok(());
         }
     }
+    #[cfg(feature = "backends")]
+    if container_jobs::is_container_job(job) {
+        return container_jobs::pull(engine, job, token).await;
+    }
+    #[cfg(not(feature = "backends"))]
+    let _ = token;
     let inst = job_instance(engine, job).await?;
     let ts: (Option<i64>,) = sqlx::query_as("SELECT runner_timestamp FROM jobs WHERE id = $1")
         .bind(&job.id)
@@ -935,8 +992,10 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         tracing::info!(run = %run.run_name, "a job failed; the run waits to be resubmitted by its retry policy");
         return Ok(());
     }
+    // A container-backend job has no instance but a container to delete: it terminates too.
     let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, status, instance_id FROM jobs j WHERE run_id = $1 AND submission_num = \
+        "SELECT id, status, COALESCE(instance_id, CASE WHEN job_provisioning_data IS NULL \
+         THEN NULL ELSE 'container' END) FROM jobs j WHERE run_id = $1 AND submission_num = \
          (SELECT MAX(submission_num) FROM jobs k WHERE k.run_id = j.run_id \
           AND k.job_num = j.job_num AND k.replica_num = j.replica_num)",
     )

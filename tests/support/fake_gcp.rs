@@ -1,0 +1,530 @@
+//! A fake Compute Engine v1 REST server (axum on loopback), shared by `tests/backends_gcp.rs`
+//! and the standalone `fake_gcp` example that the CLI end-to-end test
+//! (`tests/oracle/test_cli_cloud_gcp.py`) starts.
+//!
+//! It follows the documented API as `google-cloud-compute-v1` calls it: `instances` insert /
+//! get / delete / list under `/compute/v1/projects/{project}/zones/{zone}/instances`, zone
+//! operations (`PENDING` → `RUNNING` → `DONE` on successive reads, with `error.errors[].code`
+//! such as `ZONE_RESOURCE_POOL_EXHAUSTED` for zones told to be out of capacity),
+//! `firewalls.insert` with global operations and 409 for an existing rule,
+//! `subnetworks.listUsable`, `regions.list` with quotas, and Google error bodies
+//! (`{"error":{"code","message","errors":[{"reason"}],"status"}}`).
+//!
+//! Auth: the service-account flow of `google-cloud-auth` signs a self-signed JWT with the
+//! key (no token endpoint round trip); the fake decodes the bearer JWT and accepts only the
+//! known `client_email` as issuer (401 otherwise), or answers 403 for a "forbidden" identity.
+//! Instances move `PROVISIONING` → `STAGING` → `RUNNING` on successive reads, or vanish.
+//!
+//! Outside the API, `GET /_fake/authorized_keys` lists the keys of every instance's `ssh-keys`
+//! metadata (`user:key` lines), i.e. what the guest agent on a real VM would authorise; the
+//! end-to-end test's "VM" (a local sshd) reads it as its `AuthorizedKeysCommand`.
+//! `GET /_fake/instances` lists the instances that exist (project, zone, name, labels).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// The project the fake serves.
+pub const PROJECT: &str = "test-project";
+/// The shared-VPC host project.
+pub const HOST_PROJECT: &str = "host-project";
+/// The service account the fake accepts.
+pub const GOOD_EMAIL: &str = "dstack@test-project.iam.gserviceaccount.com";
+/// A service account the fake answers 403 for.
+pub const FORBIDDEN_EMAIL: &str = "viewer@test-project.iam.gserviceaccount.com";
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+    /// The JWT issuer of the bearer token.
+    pub issuer: Option<String>,
+}
+
+/// An operation error: (code, message).
+pub type OpError = (String, String);
+
+#[derive(Default)]
+pub struct Fake {
+    /// (project, zone, name) → (instance, reads so far).
+    pub instances: BTreeMap<(String, String, String), (Value, u32)>,
+    /// Operation name → (operation, reads so far, error to finish with).
+    pub operations: BTreeMap<String, (Value, u32, Option<OpError>)>,
+    /// Firewall name → rule.
+    pub firewalls: BTreeMap<String, Value>,
+    /// Zones where inserts finish with `ZONE_RESOURCE_POOL_EXHAUSTED`.
+    pub exhausted_zones: BTreeSet<String>,
+    /// Instances are deleted right after creation (the instance vanishes while provisioning).
+    pub vanish: bool,
+    /// Usable subnetworks (`network` URL, `subnetwork` URL) of the listUsable answer.
+    pub usable: Vec<(String, String)>,
+    /// Region quotas: (region, metric, limit, usage).
+    pub quotas: Vec<(String, String, f64, f64)>,
+    /// Injected answers: (method, path fragment, status) consumed in order when they match.
+    pub inject: VecDeque<(String, String, u16)>,
+    pub log: Vec<Req>,
+    pub counter: u32,
+}
+
+pub type Shared = Arc<Mutex<Fake>>;
+
+pub fn google_error(code: u16, status: &str, reason: &str, message: &str) -> Response {
+    let body = json!({"error": {
+        "code": code,
+        "message": message,
+        "errors": [{"message": message, "domain": "global", "reason": reason}],
+        "status": status,
+    }});
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub fn ok(v: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+pub fn jwt_issuer(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let token = auth.strip_prefix("Bearer ")?;
+    let mut parts = token.split('.');
+    let header = parts.next()?;
+    let payload = parts.next()?;
+    let _sig = parts.next()?;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: Value = serde_json::from_slice(&engine.decode(header).ok()?).ok()?;
+    if header["alg"] != "RS256" {
+        return None;
+    }
+    let claims: Value = serde_json::from_slice(&engine.decode(payload).ok()?).ok()?;
+    if claims["sub"] != claims["iss"] {
+        return None;
+    }
+    claims["iss"].as_str().map(str::to_string)
+}
+
+pub fn new_operation(
+    f: &mut Fake,
+    zone: Option<&str>,
+    kind: &str,
+    target: &str,
+    error: Option<(String, String)>,
+) -> Value {
+    f.counter += 1;
+    let name = format!("operation-{}-{kind}", f.counter);
+    let mut op = json!({
+        "kind": "compute#operation",
+        "id": format!("{}", 1000 + f.counter),
+        "name": name,
+        "operationType": kind,
+        "status": "PENDING",
+        "progress": 0,
+        "targetLink": target,
+    });
+    if let Some(z) = zone {
+        op["zone"] = json!(format!(
+            "https://www.googleapis.com/compute/v1/projects/{PROJECT}/zones/{z}"
+        ));
+    }
+    f.operations.insert(name, (op.clone(), 0, error));
+    op
+}
+
+pub async fn handle(
+    State(fake): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    if method == Method::GET && path == "/_fake/authorized_keys" {
+        return authorized_keys(&fake.lock().unwrap());
+    }
+    if method == Method::GET && path == "/_fake/instances" {
+        let f = fake.lock().unwrap();
+        let list: Vec<Value> = f
+            .instances
+            .iter()
+            .map(|((p, z, n), (i, _))| json!({"project": p, "zone": z, "name": n, "labels": i["labels"]}))
+            .collect();
+        return ok(&json!(list));
+    }
+    let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let issuer = jwt_issuer(&headers);
+    let mut f = fake.lock().unwrap();
+    f.log.push(Req {
+        method: method.to_string(),
+        path: path.clone(),
+        body: body_json.clone(),
+        issuer: issuer.clone(),
+    });
+    match issuer.as_deref() {
+        Some(GOOD_EMAIL) => {}
+        Some(FORBIDDEN_EMAIL) => {
+            return google_error(
+                403,
+                "PERMISSION_DENIED",
+                "forbidden",
+                "Required 'compute.regions.list' permission for 'projects/test-project'",
+            );
+        }
+        _ => {
+            return google_error(
+                401,
+                "UNAUTHENTICATED",
+                "authError",
+                "Request had invalid authentication credentials.",
+            );
+        }
+    }
+    if let Some(i) = f
+        .inject
+        .iter()
+        .position(|(m, p, _)| m == method.as_str() && path.contains(p.as_str()))
+    {
+        let (_, _, code) = f.inject.remove(i).unwrap();
+        return google_error(
+            code,
+            "RESOURCE_EXHAUSTED",
+            "rateLimitExceeded",
+            "Rate Limit Exceeded",
+        );
+    }
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let m = method.as_str();
+    match (m, segs.as_slice()) {
+        // regions.list
+        ("GET", ["compute", "v1", "projects", project, "regions"]) => {
+            if *project != PROJECT {
+                return google_error(404, "NOT_FOUND", "notFound", "The resource was not found");
+            }
+            let mut regions: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+            for r in ["us-central1", "europe-west4"] {
+                regions.insert(r.to_string(), Vec::new());
+            }
+            for (r, metric, limit, usage) in &f.quotas {
+                regions
+                    .entry(r.clone())
+                    .or_default()
+                    .push(json!({"metric": metric, "limit": limit, "usage": usage}));
+            }
+            let items: Vec<Value> = regions
+                .into_iter()
+                .map(|(name, quotas)| json!({"kind": "compute#region", "name": name, "status": "UP", "quotas": quotas}))
+                .collect();
+            ok(&json!({"kind": "compute#regionList", "items": items}))
+        }
+        // subnetworks.listUsable
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "aggregated",
+                "subnetworks",
+                "listUsable",
+            ],
+        ) => {
+            if *project != PROJECT && *project != HOST_PROJECT {
+                return google_error(404, "NOT_FOUND", "notFound", "The resource was not found");
+            }
+            let items: Vec<Value> = f
+                .usable
+                .iter()
+                .filter(|(_, s)| s.contains(&format!("/projects/{project}/")))
+                .map(|(n, s)| json!({"network": n, "subnetwork": s, "ipCidrRange": "10.10.0.0/20"}))
+                .collect();
+            ok(&json!({"kind": "compute#usableSubnetworksAggregatedList", "items": items}))
+        }
+        // firewalls.insert
+        ("POST", ["compute", "v1", "projects", _project, "global", "firewalls"]) => {
+            let name = body_json["name"].as_str().unwrap_or_default().to_string();
+            if f.firewalls.contains_key(&name) {
+                return google_error(
+                    409,
+                    "ALREADY_EXISTS",
+                    "alreadyExists",
+                    &format!(
+                        "The resource 'projects/{PROJECT}/global/firewalls/{name}' already exists"
+                    ),
+                );
+            }
+            f.firewalls.insert(name.clone(), body_json.clone());
+            let op = new_operation(&mut f, None, "insert", &name, None);
+            ok(&op)
+        }
+        // global operations
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _project,
+                "global",
+                "operations",
+                name,
+            ],
+        ) => advance_operation(&mut f, name),
+        // zone operations
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _project,
+                "zones",
+                _zone,
+                "operations",
+                name,
+            ],
+        ) => advance_operation(&mut f, name),
+        // instances.insert
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "instances",
+            ],
+        ) => {
+            let name = body_json["name"].as_str().unwrap_or_default().to_string();
+            let key = (project.to_string(), zone.to_string(), name.clone());
+            if f.instances.contains_key(&key) {
+                return google_error(409, "ALREADY_EXISTS", "alreadyExists", "instance exists");
+            }
+            let error = if f.exhausted_zones.contains(*zone) {
+                Some((
+                    "ZONE_RESOURCE_POOL_EXHAUSTED".to_string(),
+                    format!(
+                        "The zone 'projects/{project}/zones/{zone}' does not have enough resources available to fulfill the request."
+                    ),
+                ))
+            } else {
+                None
+            };
+            if error.is_none() && !f.vanish {
+                let n = f.counter + 1;
+                let mut instance = body_json.clone();
+                instance["kind"] = json!("compute#instance");
+                instance["status"] = json!("PROVISIONING");
+                instance["zone"] = json!(format!(
+                    "https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}"
+                ));
+                if let Some(nics) = instance["networkInterfaces"].as_array_mut() {
+                    let nic = &mut nics[0];
+                    nic["networkIP"] = json!(format!("10.128.0.{n}"));
+                    if let Some(acs) = nic["accessConfigs"].as_array_mut()
+                        && let Some(ac) = acs.first_mut()
+                    {
+                        ac["natIP"] = json!(format!("34.1.2.{n}"));
+                    }
+                }
+                f.instances.insert(key, (instance, 0));
+            }
+            let op = new_operation(&mut f, Some(zone), "insert", &name, error);
+            ok(&op)
+        }
+        // instances.list
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "instances",
+            ],
+        ) => {
+            let items: Vec<Value> = f
+                .instances
+                .iter()
+                .filter(|((p, z, _), _)| p == project && z == zone)
+                .map(|(_, (i, _))| i.clone())
+                .collect();
+            ok(&json!({"kind": "compute#instanceList", "items": items}))
+        }
+        // instances.get
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "instances",
+                name,
+            ],
+        ) => {
+            let key = (project.to_string(), zone.to_string(), name.to_string());
+            let Some((instance, reads)) = f.instances.get_mut(&key) else {
+                return google_error(
+                    404,
+                    "NOT_FOUND",
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"
+                    ),
+                );
+            };
+            *reads += 1;
+            let status = match *reads {
+                1 => "PROVISIONING",
+                2 => "STAGING",
+                _ => "RUNNING",
+            };
+            instance["status"] = json!(status);
+            ok(instance)
+        }
+        // instances.delete
+        (
+            "DELETE",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "instances",
+                name,
+            ],
+        ) => {
+            let key = (project.to_string(), zone.to_string(), name.to_string());
+            if f.instances.remove(&key).is_none() {
+                return google_error(
+                    404,
+                    "NOT_FOUND",
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"
+                    ),
+                );
+            }
+            let op = new_operation(&mut f, Some(zone), "delete", name, None);
+            ok(&op)
+        }
+        _ => google_error(
+            404,
+            "NOT_FOUND",
+            "notFound",
+            &format!("no route for {m} {path}"),
+        ),
+    }
+}
+
+pub fn advance_operation(f: &mut Fake, name: &str) -> Response {
+    let Some((op, reads, error)) = f.operations.get_mut(name) else {
+        return google_error(404, "NOT_FOUND", "notFound", "operation not found");
+    };
+    *reads += 1;
+    let status = match *reads {
+        1 => "RUNNING",
+        _ => "DONE",
+    };
+    op["status"] = json!(status);
+    if status == "DONE" {
+        op["progress"] = json!(100);
+        if let Some((code, message)) = error.clone() {
+            op["error"] = json!({"errors": [{"code": code, "message": message}]});
+            op["httpErrorStatusCode"] = json!(503);
+            op["httpErrorMessage"] = json!("SERVICE UNAVAILABLE");
+        }
+    }
+    ok(op)
+}
+
+pub struct FakeServer {
+    pub state: Shared,
+    pub url: String,
+}
+
+/// The `ssh-keys` metadata of every instance, one key per line.
+fn authorized_keys(f: &Fake) -> Response {
+    let mut out = String::new();
+    for (instance, _) in f.instances.values() {
+        let items = instance["metadata"]["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for item in items.iter().filter(|i| i["key"] == "ssh-keys") {
+            for line in item["value"].as_str().unwrap_or_default().lines() {
+                if let Some((_, key)) = line.split_once(':') {
+                    out.push_str(key.trim());
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    (StatusCode::OK, [("content-type", "text/plain")], out).into_response()
+}
+
+/// Starts the fake on an ephemeral loopback port.
+pub async fn start_fake() -> FakeServer {
+    start_fake_on("127.0.0.1:0").await
+}
+
+/// Starts the fake on `addr` (`host:port`).
+pub async fn start_fake_on(addr: &str) -> FakeServer {
+    let state: Shared = Arc::new(Mutex::new(Fake::default()));
+    {
+        let mut f = state.lock().unwrap();
+        let base = "https://www.googleapis.com/compute/v1";
+        f.usable = vec![
+            (
+                format!("{base}/projects/{HOST_PROJECT}/global/networks/my-custom-vpc"),
+                format!(
+                    "{base}/projects/{HOST_PROJECT}/regions/us-central1/subnetworks/shared-sub-a"
+                ),
+            ),
+            (
+                format!("{base}/projects/{HOST_PROJECT}/global/networks/other-vpc"),
+                format!("{base}/projects/{HOST_PROJECT}/regions/us-central1/subnetworks/other-sub"),
+            ),
+            (
+                format!("{base}/projects/{PROJECT}/global/networks/my-vpc"),
+                format!("{base}/projects/{PROJECT}/regions/us-central1/subnetworks/own-sub"),
+            ),
+        ];
+    }
+    let app = Router::new().fallback(handle).with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    FakeServer {
+        state,
+        url: format!("http://{addr}"),
+    }
+}
