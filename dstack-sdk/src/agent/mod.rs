@@ -251,7 +251,12 @@ pub async fn start_agent(
             shutdown: shutdown_requested.clone(),
         },
     );
-    let runner = server::runner_router(shared, options.version.clone(), options.max_upload_bytes);
+    let runner = server::runner_router(shared, options.version.clone(), options.max_upload_bytes)
+        .merge(task_runner_routes(
+            executor.clone(),
+            options.version.clone(),
+            options.max_upload_bytes,
+        ));
     let addr = |l: &TcpListener| {
         l.local_addr()
             .map_err(|e| AgentError::Internal(format!("cannot read the listening address: {e}")))
@@ -285,6 +290,64 @@ pub async fn start_agent(
         shutdown_requested,
         servers,
     })
+}
+
+/// The runner API of one task under `/tasks/{id}/…` on the runner port (e.g.
+/// `/tasks/{id}/api/pull`): what the server uses when several jobs share this host (blocks,
+/// or nodes of a multi-node run on one agent), since the plain paths serve the newest task
+/// only. Unknown tasks answer 404.
+fn task_runner_routes(
+    executor: ProcessExecutor,
+    version: String,
+    max_upload: usize,
+) -> axum::Router {
+    use axum::extract::{Path, Request, State};
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+
+    #[derive(Clone)]
+    struct Ctx {
+        executor: ProcessExecutor,
+        version: String,
+        max_upload: usize,
+    }
+
+    async fn forward(
+        State(ctx): State<Ctx>,
+        Path((id, rest)): Path<(String, String)>,
+        mut req: Request,
+    ) -> axum::response::Response {
+        let runner = match ctx.executor.task_runner(&id) {
+            Ok(r) => r,
+            Err(e) => {
+                return (axum::http::StatusCode::NOT_FOUND, format!("{e}\n")).into_response();
+            }
+        };
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        match format!("/{rest}{query}").parse::<axum::http::Uri>() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => {
+                return (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+            }
+        }
+        let router = server::runner_router(Arc::new(runner), ctx.version, ctx.max_upload);
+        match router.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+
+    axum::Router::new()
+        .route("/tasks/{id}/{*rest}", axum::routing::any(forward))
+        .with_state(Ctx {
+            executor,
+            version,
+            max_upload,
+        })
 }
 
 /// Runs the agent until SIGINT/SIGTERM or `POST /api/shutdown`: binds both ports, prints

@@ -216,10 +216,72 @@ pub(crate) struct InstanceCandidate {
     pub(crate) offer: InstanceOfferWithAvailability,
 }
 
+/// dstack's `is_divisible_into_blocks`: how many blocks an instance with `cpus` CPUs and
+/// `gpus` GPUs is split into (`None` = `auto`: one block per GPU, or per CPU without GPUs),
+/// or `None` when the count does not divide both.
+pub(crate) fn divisible_into_blocks(cpus: i64, gpus: i64, blocks: Option<i64>) -> Option<i64> {
+    let blocks = blocks.unwrap_or(if gpus == 0 { cpus } else { cpus.min(gpus) });
+    if blocks < 1 || cpus % blocks != 0 || gpus % blocks != 0 {
+        return None;
+    }
+    Some(blocks)
+}
+
+/// dstack's `generate_shared_offer`: `blocks` of `total_blocks` of an instance's offer —
+/// CPUs, memory and GPUs divided proportionally (integer division, as dstack), disk whole.
+pub(crate) fn shared_offer(
+    offer: &InstanceOfferWithAvailability,
+    blocks: i64,
+    total_blocks: i64,
+) -> InstanceOfferWithAvailability {
+    let total = total_blocks.max(1);
+    let full = &offer.instance.resources;
+    let mut o = offer.clone();
+    let r = &mut o.instance.resources;
+    r.cpus = full.cpus / total * blocks;
+    r.memory_mib = full.memory_mib / total * blocks;
+    let gpus = usize::try_from(full.gpus.len() as i64 / total * blocks).unwrap_or(0);
+    r.gpus.truncate(gpus);
+    o.blocks = blocks;
+    o.total_blocks = total;
+    o
+}
+
+/// dstack's `get_shared_instances_with_offers` for one instance: the first block count
+/// (all blocks for multi-node jobs) whose sub-offer matches, IDLE when that many blocks are
+/// free, else BUSY. `None` when no count matches or a multi-node job finds blocks in use.
+fn shared_instance_offer(
+    row: &InstanceRow,
+    offer: &InstanceOfferWithAvailability,
+    total_blocks: i64,
+    multinode: bool,
+    q: &QueryFilter,
+) -> Option<InstanceOfferWithAvailability> {
+    if multinode && row.busy_blocks > 0 {
+        return None;
+    }
+    let idle_blocks = total_blocks - row.busy_blocks;
+    let min_blocks = if multinode { total_blocks } else { 1 };
+    (min_blocks..=total_blocks).find_map(|blocks| {
+        let mut o = shared_offer(offer, blocks, total_blocks);
+        if !offer_matches(&o, q) {
+            return None;
+        }
+        o.availability = if blocks <= idle_blocks {
+            InstanceAvailability::Idle
+        } else {
+            InstanceAvailability::Busy
+        };
+        Some(o)
+    })
+}
+
 impl Engine {
     /// Offers from existing instances of the project's fleets (offers.md §3.3), cheapest
     /// first: unreachable, provisioning and terminating instances are skipped, the stored
-    /// offer must match the job's requirements and the profile.
+    /// offer must match the job's requirements and the profile. Shared instances
+    /// (`total_blocks > 1`) offer their smallest matching share of blocks; multi-node jobs
+    /// take whole instances of `placement: cluster` fleets only (dstack's rule).
     pub(crate) async fn instance_offers(
         &self,
         project_id: &str,
@@ -234,14 +296,20 @@ impl Engine {
         .fetch_all(self.store().reader())
         .await?;
         let q = requirements_to_query_filter(Some(&spec.requirements), false);
+        let multinode = spec.jobs_per_replica > 1;
         let fleet_names = profile
             .params
             .fleets
             .as_ref()
             .map(|f| f.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+        let mut cluster_fleets: std::collections::HashMap<String, bool> = Default::default();
         let mut out = Vec::new();
         for row in rows {
             let Some(mut offer) = row.offer() else {
+                continue;
+            };
+            // Still provisioning: whether it is shared is not known yet.
+            let Some(total_blocks) = row.total_blocks else {
                 continue;
             };
             if let Some(names) = &fleet_names {
@@ -250,16 +318,39 @@ impl Engine {
                     continue;
                 }
             }
+            if multinode && let Some(fid) = &row.fleet_id {
+                let cluster = match cluster_fleets.get(fid) {
+                    Some(c) => *c,
+                    None => {
+                        let c = self.fleet_is_cluster(fid).await?;
+                        cluster_fleets.insert(fid.clone(), c);
+                        c
+                    }
+                };
+                if !cluster {
+                    continue;
+                }
+            }
             if !profile_admits(
                 profile,
                 offer.backend.as_str(),
                 &offer.region,
                 &offer.instance.name,
-            ) || !offer_matches(&offer, &q)
-            {
+            ) {
                 continue;
             }
-            offer.availability = if row.status == InstanceStatus::Idle {
+            if total_blocks > 1 {
+                if let Some(o) = shared_instance_offer(&row, &offer, total_blocks, multinode, &q) {
+                    out.push(InstanceCandidate { row, offer: o });
+                }
+                continue;
+            }
+            if !offer_matches(&offer, &q) {
+                continue;
+            }
+            offer.blocks = 1;
+            offer.total_blocks = 1;
+            offer.availability = if row.status == InstanceStatus::Idle && row.busy_blocks == 0 {
                 InstanceAvailability::Idle
             } else {
                 InstanceAvailability::Busy
@@ -268,6 +359,21 @@ impl Engine {
         }
         out.sort_by(|a, b| a.offer.price.total_cmp(&b.offer.price));
         Ok(out)
+    }
+
+    /// Whether a fleet's configuration has `placement: cluster`.
+    async fn fleet_is_cluster(&self, fleet_id: &str) -> crate::Result<bool> {
+        let r: Option<(String,)> = sqlx::query_as("SELECT spec FROM fleets WHERE id = $1")
+            .bind(fleet_id)
+            .fetch_optional(self.store().reader())
+            .await?;
+        Ok(
+            r.and_then(|(s,)| serde_json::from_str::<crate::models::fleets::FleetSpec>(&s).ok())
+                .is_some_and(|s| {
+                    s.configuration.placement
+                        == Some(crate::models::fleets::InstanceGroupPlacement::Cluster)
+                }),
+        )
     }
 
     async fn fleet_name_of(&self, row: &InstanceRow) -> crate::Result<Option<String>> {

@@ -502,7 +502,8 @@ async fn start(engine: &Engine, job: &JobRow, token: &str) -> crate::Result<()> 
         .ok_or_else(Error::not_found)?;
     let run_spec: RunSpec = serde_json::from_str(&run.run_spec).map_err(internal)?;
     let spec = job.spec()?;
-    let job_info = match submit_to_runner(engine, job, &run, &run_spec, &spec, &runner).await {
+    let job_info = match submit_to_runner(engine, job, &run, &run_spec, &spec, None, &runner).await
+    {
         Ok(i) => i,
         Err(e) => {
             let msg = format!("The runner refused the job: {}", e.message());

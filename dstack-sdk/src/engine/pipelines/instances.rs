@@ -214,6 +214,19 @@ async fn deploy_ssh(engine: &Engine, row: &InstanceRow, token: &str) -> crate::R
     let outcome = tokio::time::timeout(left, ssh_deploy::deploy(&rci, &project_key, &opts)).await;
     let result = match outcome {
         Err(_) => timeout_result(row),
+        Ok(Ok(d))
+            if crate::engine::planner::divisible_into_blocks(
+                d.resources.cpus,
+                d.gpu_count,
+                row.total_blocks,
+            )
+            .is_none() =>
+        {
+            Finish::Terminated(
+                InstanceTerminationReason::Error,
+                "Cannot split into blocks".into(),
+            )
+        }
         Ok(Ok(d)) => Finish::Idle(Box::new(d)),
         // A cloud VM whose sshd is not up yet (or whose cloud-init has not yet authorised the
         // key) is retried until the deadline, as dstack does: its first SSH attempts usually
@@ -263,7 +276,13 @@ async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> c
             if let Some(o) = offer.as_mut().filter(|_| !cloud) {
                 o.instance.resources = d.resources.clone();
             }
-            let total_blocks = row.total_blocks.unwrap_or(d.gpu_count.max(1));
+            // dstack's `is_divisible_into_blocks` (`auto`: per GPU, else per CPU).
+            let total_blocks = crate::engine::planner::divisible_into_blocks(
+                d.resources.cpus,
+                d.gpu_count,
+                row.total_blocks,
+            )
+            .unwrap_or(1);
             let jpd = jpd.and_then(|j| serde_json::to_string(&j).ok());
             let offer = offer.and_then(|o| serde_json::to_string(&o).ok());
             tracing::info!(instance = %row.name, cpus = d.resources.cpus, memory_mib = d.resources.memory_mib, gpus = d.resources.gpus.len(), "instance is idle");

@@ -22,7 +22,10 @@ use crate::agent::protocol::shim::{TaskConfig, TaskStatus, TerminateRequest};
 use crate::engine::services::instances::{InstanceRow, select_instances};
 use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db, select_jobs};
 use crate::engine::{Engine, time};
-use crate::models::jobs::{JobSpec, JobStatus, JobTerminationReason};
+use crate::models::jobs::{
+    JobProvisioningData, JobRuntimeData, JobSpec, JobStatus, JobTerminationReason,
+};
+use crate::models::offers::InstanceOfferWithAvailability;
 use crate::models::profiles::RetryEvent;
 use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
 use crate::{Error, ErrorKind};
@@ -160,19 +163,70 @@ async fn set_job_status(
     Ok(())
 }
 
-/// Gives an instance back to its fleet (BUSY → IDLE).
-async fn release_instance(engine: &Engine, instance_id: &str) -> crate::Result<()> {
+/// Gives a job's blocks back to its instance (dstack's `_release_instance`): `busy_blocks`
+/// drops by the job's share (`job_runtime_data.offer.blocks`, 1 without one) and the instance
+/// is IDLE again once no block is busy. Exactly once per job (`instance_released`), so it is
+/// called *before* the job's final status is written: a tick cut off in between redoes it.
+async fn release_instance(engine: &Engine, job: &JobRow, instance_id: &str) -> crate::Result<()> {
+    let blocks = job_blocks(job);
     let mut tx = engine.store().begin().await?;
-    sqlx::query(
-        "UPDATE instances SET status = 'IDLE', busy_blocks = 0, last_processed_at = $1 \
-         WHERE id = $2 AND status = 'BUSY'",
+    let first = sqlx::query(
+        "UPDATE jobs SET instance_released = TRUE WHERE id = $1 AND instance_released = FALSE",
     )
+    .bind(&job.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !first {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE instances SET busy_blocks = MAX(busy_blocks - $1, 0), \
+         status = CASE WHEN busy_blocks - $1 <= 0 THEN 'IDLE' ELSE status END, \
+         last_processed_at = $2 WHERE id = $3 AND status = 'BUSY'",
+    )
+    .bind(blocks)
     .bind(time::to_db(time::now()))
     .bind(instance_id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    tracing::info!(job = %job.id, instance = %instance_id, blocks, "job unassigned from instance");
     Ok(())
+}
+
+/// The job's parsed `job_runtime_data`, if any.
+fn job_runtime(job: &JobRow) -> Option<JobRuntimeData> {
+    job.job_runtime_data
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// How many blocks of its instance a job occupies (dstack's `_get_job_occupied_blocks`).
+fn job_blocks(job: &JobRow) -> i64 {
+    job_runtime(job)
+        .and_then(|r| r.offer)
+        .map_or(1, |o| o.blocks.max(1))
+}
+
+/// dstack's `_prepare_job_runtime_data`: a job on a part of a shared instance gets its CPU,
+/// GPU and memory share; a whole instance gets none (all of it). The agent runs jobs as host
+/// processes, so the network mode is `host` either way.
+fn prepare_job_runtime_data(offer: &InstanceOfferWithAvailability) -> serde_json::Value {
+    let partial = offer.blocks < offer.total_blocks;
+    let r = &offer.instance.resources;
+    json!({
+        "network_mode": "host",
+        "gpu": partial.then_some(r.gpus.len()),
+        "cpu": partial.then_some(r.cpus as f64),
+        "memory": partial.then_some(r.memory_mib as f64 / 1024.0),
+        "ports": null,
+        "volume_names": null,
+        "offer": offer,
+        "working_dir": null,
+        "username": null,
+    })
 }
 
 /// Clients of an instance's shim and runner, through the engine's pooled tunnels.
@@ -182,12 +236,15 @@ struct AgentLink {
 }
 
 impl AgentLink {
-    async fn open(engine: &Engine, inst: &InstanceRow) -> crate::Result<Self> {
+    /// The runner client is bound to the job's own task (`/tasks/{id}` on the agent's
+    /// runner port), so several jobs on one instance (blocks) never reach each other's job.
+    async fn open(engine: &Engine, inst: &InstanceRow, job_id: &str) -> crate::Result<Self> {
         let agent = &engine.inner.options.agent;
         let shim_addr = engine.instance_tunnel(inst, agent.shim_port).await?;
         let runner_addr = engine.instance_tunnel(inst, agent.runner_port).await?;
         let shim = ShimClient::new(&format!("http://{shim_addr}")).map_err(agent_err)?;
-        let runner = RunnerClient::new(&format!("http://{runner_addr}")).map_err(agent_err)?;
+        let runner = RunnerClient::new(&format!("http://{runner_addr}/tasks/{job_id}"))
+            .map_err(agent_err)?;
         Ok(Self { shim, runner })
     }
 
@@ -228,16 +285,35 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
     let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
     let profile = run_spec.merged_profile();
+    // Multi-node: the master (job 0) picks the fleet; the other nodes wait for it and then
+    // take other whole instances of that fleet.
+    let multinode = spec.jobs_per_replica > 1;
+    let (run_fleet,): (Option<String>,) = sqlx::query_as("SELECT fleet_id FROM runs WHERE id = $1")
+        .bind(&job.run_id)
+        .fetch_one(engine.store().reader())
+        .await?;
+    if multinode && spec.job_num > 0 && run_fleet.is_none() {
+        tracing::debug!(job = %job.id, "waiting for the master job to get an instance");
+        return Ok(());
+    }
     let candidates = engine
         .idle_instances_for(&project_id.0, &spec, &profile)
         .await?;
-    for (inst, _offer) in candidates {
+    for (inst, offer) in candidates {
+        if multinode && run_fleet.is_some() && inst.fleet_id != run_fleet {
+            continue;
+        }
+        let blocks = offer.blocks.max(1);
+        let jrd = prepare_job_runtime_data(&offer);
         let now = time::to_db(time::now());
         let mut tx = engine.store().begin().await?;
+        // Takes the blocks only if they are still free (another job may have won them).
         let r = sqlx::query(
-            "UPDATE instances SET status = 'BUSY', busy_blocks = 1, last_processed_at = $1 \
-             WHERE id = $2 AND status = 'IDLE' AND deleted = FALSE",
+            "UPDATE instances SET status = 'BUSY', busy_blocks = busy_blocks + $1, \
+             last_processed_at = $2 WHERE id = $3 AND status IN ('IDLE', 'BUSY') \
+             AND deleted = FALSE AND busy_blocks + $1 <= COALESCE(total_blocks, 1)",
         )
+        .bind(blocks)
         .bind(&now)
         .bind(&inst.id)
         .execute(&mut *tx)
@@ -245,26 +321,39 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         if r.rows_affected() != 1 {
             continue;
         }
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE jobs SET status = $1, instance_id = $2, instance_assigned = TRUE, \
-             job_provisioning_data = $3, last_processed_at = $4, \
-             skip_min_processing_interval = TRUE WHERE id = $5",
+             instance_released = FALSE, job_provisioning_data = $3, job_runtime_data = $4, \
+             last_processed_at = $5, skip_min_processing_interval = TRUE \
+             WHERE id = $6 AND status = 'submitted'",
         )
         .bind(enum_to_db(JobStatus::Provisioning))
         .bind(&inst.id)
         .bind(&inst.job_provisioning_data)
+        .bind(jrd.to_string())
         .bind(&now)
         .bind(&job.id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE runs SET fleet_id = $1 WHERE id = $2")
+        if r.rows_affected() != 1 {
+            // Stopped meanwhile: the transaction is dropped, the blocks stay free.
+            return Ok(());
+        }
+        sqlx::query("UPDATE runs SET fleet_id = COALESCE(fleet_id, $1) WHERE id = $2")
             .bind(&inst.fleet_id)
             .bind(&job.run_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        tracing::info!(job = %job.id, instance = %inst.name, "instance assigned");
+        tracing::info!(
+            job = %job.id,
+            instance = %inst.name,
+            blocks,
+            total_blocks = offer.total_blocks,
+            "instance assigned"
+        );
         engine.hint(PipelineKind::Runs);
+        engine.hint(PipelineKind::Jobs);
         return Ok(());
     }
     #[cfg(feature = "backends")]
@@ -349,6 +438,19 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         spec.image_name.clone(),
     );
     task.privileged = spec.privileged;
+    // A job on a part of a shared instance gets its share (dstack's shim task `gpu`, `cpu`,
+    // `memory`); the agent then exposes only its GPUs (`CUDA_VISIBLE_DEVICES`, …).
+    if let Some(jrd) = job_runtime(job) {
+        if let Some(g) = jrd.gpu {
+            task.gpu = g;
+        }
+        if let Some(c) = jrd.cpu {
+            task.cpu = c;
+        }
+        if let Some(m) = jrd.memory {
+            task.memory = (m.0 * 1024.0 * 1024.0 * 1024.0).round() as i64;
+        }
+    }
     task.container_ssh_keys = project_key
         .iter()
         .map(|(k,)| k.trim().to_string())
@@ -358,7 +460,7 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         task.host_ssh_user = host_user;
         task.host_ssh_keys = vec![k.to_string()];
     }
-    let link = match AgentLink::open(engine, &inst).await {
+    let link = match AgentLink::open(engine, &inst, &job.id).await {
         Ok(l) => l,
         Err(e) => return agent_unreachable(engine, job, e).await,
     };
@@ -368,6 +470,11 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         Ok(_) => {}
         // Submitted by an earlier tick whose write-back was lost: carry on.
         Err(e) if e.http_status() == 409 => {}
+        // No answer (a tunnel dropped, the agent restarting): tried again on the next tick,
+        // up to the agent wait limit; only an answer refusing the task fails the job.
+        Err(e @ crate::agent::AgentError::Transport(_)) => {
+            return agent_unreachable(engine, job, agent_err(e)).await;
+        }
         Err(e) => return fail_start(engine, job, &inst, agent_err(e)).await,
     }
     set_job_status(engine, &job.id, JobStatus::Pulling, None, None, None).await
@@ -383,7 +490,11 @@ async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
     let spec = job.spec()?;
-    let link = match AgentLink::open(engine, &inst).await {
+    let Some(cluster_info) = cluster_info(engine, job).await? else {
+        tracing::debug!(job = %job.id, "waiting for the other nodes to get instances");
+        return Ok(());
+    };
+    let link = match AgentLink::open(engine, &inst, &job.id).await {
         Ok(l) => l,
         Err(e) => return agent_unreachable(engine, job, e).await,
     };
@@ -402,7 +513,16 @@ async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
             }
             _ => return Ok(None),
         }
-        let job_info = submit_to_runner(engine, job, &run, &run_spec, &spec, &link.runner).await?;
+        let job_info = submit_to_runner(
+            engine,
+            job,
+            &run,
+            &run_spec,
+            &spec,
+            Some(&cluster_info),
+            &link.runner,
+        )
+        .await?;
         Ok(Some((info, job_info)))
     }
     .await;
@@ -427,17 +547,16 @@ async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
                 .filter(|u| !u.is_empty())
                 .or(host_user);
             let working_dir = job_info.map(|j| j.working_dir).filter(|w| !w.is_empty());
-            let jrd = json!({
-                "network_mode": "host",
-                "gpu": null,
-                "cpu": null,
-                "memory": null,
-                "ports": (!ports.is_empty()).then_some(ports),
-                "volume_names": null,
-                "offer": null,
-                "working_dir": working_dir,
-                "username": username,
-            });
+            // The assignment's runtime data (offer, share) plus what the agent reported.
+            let mut jrd = job
+                .job_runtime_data
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| json!({"network_mode": "host"}));
+            jrd["ports"] = json!((!ports.is_empty()).then_some(ports));
+            jrd["working_dir"] = json!(working_dir);
+            jrd["username"] = json!(username);
             let mut tx = engine.store().begin().await?;
             sqlx::query("UPDATE jobs SET job_runtime_data = $1 WHERE id = $2")
                 .bind(jrd.to_string())
@@ -451,8 +570,50 @@ async fn start_runner(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     }
 }
 
+/// dstack's `_get_cluster_info` for a job's replica: every node's internal IP (its
+/// instance's `internal_ip`, else empty) in `job_num` order, the master's IP and the GPUs per
+/// node (the job's share on a shared instance, else the instance's GPUs). `None` while a
+/// node of a multi-node replica has no instance yet: the nodes start together once all have
+/// one (their IPs go into every node's environment).
+async fn cluster_info(engine: &Engine, job: &JobRow) -> crate::Result<Option<serde_json::Value>> {
+    let gpus_of = |j: &JobRow| -> Option<(String, i64)> {
+        let jpd: JobProvisioningData =
+            serde_json::from_str(j.job_provisioning_data.as_deref()?).ok()?;
+        let gpus = job_runtime(j)
+            .and_then(|r| r.offer)
+            .map_or(jpd.instance_type.resources.gpus.len(), |o| {
+                o.instance.resources.gpus.len()
+            });
+        Some((jpd.internal_ip.unwrap_or_default(), gpus as i64))
+    };
+    let siblings: Vec<JobRow> = latest_jobs(engine, &job.run_id)
+        .await?
+        .into_iter()
+        .filter(|j| j.replica_num == job.replica_num)
+        .collect();
+    let mut ips = Vec::new();
+    let mut gpus_per_node = Vec::new();
+    for j in &siblings {
+        match gpus_of(j) {
+            Some((ip, gpus)) => {
+                ips.push(ip);
+                gpus_per_node.push(gpus);
+            }
+            None => return Ok(None),
+        }
+    }
+    let gpus_per_job = gpus_of(job).map_or(0, |(_, g)| g);
+    Ok(Some(json!({
+        "job_ips": ips,
+        "master_job_ip": ips.first().cloned().unwrap_or_default(),
+        "gpus_per_job": gpus_per_job,
+        "gpus_per_node": gpus_per_node,
+    })))
+}
+
 /// Hands a job to its runner (dstack's `_submit_job_to_runner`): submit with the run and job
-/// specs, the file archives, the repo code, then run. Shared by jobs on fleet instances and
+/// specs (and the cluster of a multi-node replica), the file archives, the repo code, then
+/// run. Shared by jobs on fleet instances and
 /// jobs in container-backend pods.
 async fn submit_to_runner(
     engine: &Engine,
@@ -460,6 +621,7 @@ async fn submit_to_runner(
     run: &RunRow,
     run_spec: &RunSpec,
     spec: &JobSpec,
+    cluster_info: Option<&serde_json::Value>,
     runner: &RunnerClient,
 ) -> crate::Result<Option<JobInfoResponse>> {
     let body = json!({
@@ -478,6 +640,7 @@ async fn submit_to_runner(
         },
         "job_spec": spec,
         "job_submission": {"id": job.id},
+        "cluster_info": cluster_info,
         "secrets": {},
     });
     let body: SubmitBody = serde_json::from_value(body)
@@ -523,6 +686,7 @@ async fn agent_unreachable(engine: &Engine, job: &JobRow, e: Error) -> crate::Re
         return Ok(());
     }
     let inst = job_instance(engine, job).await?;
+    release_instance(engine, job, &inst.id).await?;
     set_job_status(
         engine,
         &job.id,
@@ -536,8 +700,7 @@ async fn agent_unreachable(engine: &Engine, job: &JobRow, e: Error) -> crate::Re
         )),
         None,
     )
-    .await?;
-    release_instance(engine, &inst.id).await
+    .await
 }
 
 /// The agent refused the job: it fails with `executor_error` and the instance is released.
@@ -548,6 +711,7 @@ async fn fail_start(
     e: Error,
 ) -> crate::Result<()> {
     tracing::warn!(job = %job.id, error = %e, "starting the job failed");
+    release_instance(engine, job, &inst.id).await?;
     set_job_status(
         engine,
         &job.id,
@@ -556,8 +720,7 @@ async fn fail_start(
         Some(e.message()),
         None,
     )
-    .await?;
-    release_instance(engine, &inst.id).await
+    .await
 }
 
 async fn store_logs(
@@ -622,7 +785,7 @@ async fn pull_job(engine: &Engine, job: &JobRow, token: &str) -> crate::Result<(
         .fetch_one(engine.store().reader())
         .await?;
     let mut timestamp = ts.0.unwrap_or(0);
-    let link = match AgentLink::open(engine, &inst).await {
+    let link = match AgentLink::open(engine, &inst, &job.id).await {
         Ok(l) => l,
         Err(e) => return job_disconnected(engine, job, &inst, e).await,
     };
@@ -688,6 +851,7 @@ async fn pull_job(engine: &Engine, job: &JobRow, token: &str) -> crate::Result<(
     link.close().await;
     let message =
         (!state.termination_message.is_empty()).then_some(state.termination_message.as_str());
+    release_instance(engine, job, &inst.id).await?;
     set_job_status(
         engine,
         &job.id,
@@ -696,8 +860,7 @@ async fn pull_job(engine: &Engine, job: &JobRow, token: &str) -> crate::Result<(
         message,
         state.exit_status.map(i64::from),
     )
-    .await?;
-    release_instance(engine, &inst.id).await
+    .await
 }
 
 async fn set_disconnected_at(engine: &Engine, id: &str, at: String) -> crate::Result<()> {
@@ -734,6 +897,7 @@ async fn job_disconnected(
     if (now - since).to_std().unwrap_or_default() < limit {
         return Ok(());
     }
+    release_instance(engine, job, &inst.id).await?;
     set_job_status(
         engine,
         &job.id,
@@ -749,8 +913,7 @@ async fn job_disconnected(
         )),
         None,
     )
-    .await?;
-    release_instance(engine, &inst.id).await
+    .await
 }
 
 async fn stop_task(link: &AgentLink, id: &str, reason: &str, timeout: u64) {
@@ -775,7 +938,7 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         .unwrap_or(JobTerminationReason::TerminatedByUser);
     if job.instance_id.is_some() {
         let inst = job_instance(engine, job).await?;
-        match AgentLink::open(engine, &inst).await {
+        match AgentLink::open(engine, &inst, &job.id).await {
             Ok(link) => {
                 // Graceful stop within `stop_duration` (dstack's default 5 min); an abort
                 // kills at once.
@@ -794,7 +957,7 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
             }
             Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot reach the agent"),
         }
-        release_instance(engine, &inst.id).await?;
+        release_instance(engine, job, &inst.id).await?;
     }
     set_job_status(
         engine,

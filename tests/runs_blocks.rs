@@ -1,0 +1,366 @@
+//! Blocks (shared instances) and multi-node tasks on SSH fleets, end to end on loopback
+//! (same environment as `runs_ssh.rs`: a real `sshd`, our agent deployed over SSH).
+//!
+//! * `blocks: 2` splits the host's CPUs and memory in two: two tasks run on the instance at
+//!   once (`busy_blocks` 2/2, BUSY), a third finds no capacity, and the blocks come back.
+//! * `nodes: 2` on a `placement: cluster` fleet of two hosts: one job per instance, both get
+//!   dstack's cluster variables (`DSTACK_NODE_RANK`, `DSTACK_NODES_NUM`,
+//!   `DSTACK_MASTER_NODE_IP`, …) and the run is done when both are.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dstack_sdk::client::Client;
+use dstack_sdk::engine::{Engine, EngineOptions};
+use dstack_sdk::models::instances::{Instance, InstanceStatus};
+use dstack_sdk::models::logs::PollLogsRequest;
+use dstack_sdk::models::runs::{Run, RunSpec, RunStatus};
+
+#[path = "support/sshd.rs"]
+mod sshd;
+
+use sshd::{LoopbackSshd, SUDO_USER, free_port, keygen};
+
+/// A temp dir with a key, a running sshd and the agent's paths for this test.
+struct Fixture {
+    sshd: LoopbackSshd,
+    port: u16,
+    private_pem: String,
+    public_line: String,
+    agent_home: PathBuf,
+    agent_bin: PathBuf,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let keys = tempfile::tempdir().unwrap();
+        let key = keygen(&keys.path().join("client"));
+        let sshd = LoopbackSshd::start(&[(SUDO_USER, &key.public_line)]).await;
+        let dir = sshd.dir();
+        Fixture {
+            agent_home: dir.join("agent-home"),
+            agent_bin: dir.join("bin").join("dstack-agent"),
+            port: sshd.port,
+            sshd,
+            private_pem: key.private_pem,
+            public_line: key.public_line,
+        }
+    }
+
+    async fn engine(&self) -> (Engine, Client) {
+        let mut o = EngineOptions::new(self.sshd.tmp.path().join("server"));
+        o.config_disabled = true;
+        o.pipelines.lease = Duration::from_secs(5);
+        o.pipelines.workers = 4;
+        o.agent.binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_dstack-server")));
+        o.agent.remote_path = self.agent_bin.display().to_string();
+        o.agent.home = self.agent_home.display().to_string();
+        o.agent.shim_port = free_port();
+        o.agent.runner_port = free_port();
+        o.agent.health_timeout = Duration::from_secs(30);
+        let (engine, info) = Engine::open(o).await.unwrap();
+        let client = Client::with_engine(engine.clone(), &info.admin_token);
+        (engine, client)
+    }
+
+    /// Kills this fixture's agent.
+    fn kill_agent(&self) {
+        sshd::kill_agent(&self.agent_home, &self.agent_bin);
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+async fn wait_instance(
+    client: &Client,
+    idx: usize,
+    limit: Duration,
+    done: impl Fn(&Instance) -> bool,
+) -> Instance {
+    let f = async {
+        loop {
+            let fleet = client.project("main").fleets().get("ssh").await.unwrap();
+            if let Some(i) = fleet.instances.get(idx)
+                && done(i)
+            {
+                return i.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("instance did not reach the expected state in time")
+}
+
+async fn wait_run(
+    client: &Client,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(&Run) -> bool,
+) -> Run {
+    let f = async {
+        loop {
+            let run = client.project("main").runs().get(name).await.unwrap();
+            if done(&run) {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => {
+            let run = client.project("main").runs().get(name).await.unwrap();
+            panic!("run {name} did not reach the expected state in time: {run:#?}");
+        }
+    }
+}
+
+fn task(name: &str, commands: &[&str]) -> RunSpec {
+    serde_json::from_value(serde_json::json!({
+        "run_name": name,
+        "repo_id": "none",
+        "repo_data": {"repo_type": "virtual"},
+        "configuration": {
+            "type": "task",
+            "commands": commands,
+            "resources": {"cpu": "1..", "memory": "0.1GB..", "disk": "1GB.."},
+        },
+    }))
+    .unwrap()
+}
+
+async fn all_logs(client: &Client, run: &Run, job: usize) -> String {
+    let sub = run.jobs[job].job_submissions.last().unwrap();
+    let mut req = PollLogsRequest::new(run.run_spec.run_name.clone().unwrap(), sub.id);
+    req.limit = 2;
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let page = client.project("main").logs().poll(&req).await.unwrap();
+        for l in &page.logs {
+            out.extend(l.decode_message().unwrap());
+        }
+        match page.next_token {
+            Some(t) => req.next_token = Some(t),
+            None => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn fleet_conf(
+    fx: &Fixture,
+    hosts: serde_json::Value,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut conf = serde_json::json!({
+        "type": "fleet",
+        "name": "ssh",
+        "ssh_config": {
+            "user": SUDO_USER,
+            "port": fx.port,
+            "ssh_key": {"public": fx.public_line, "private": fx.private_pem},
+            "hosts": hosts,
+        },
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
+    conf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_share_one_instance() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let fx = Fixture::new().await;
+        let (_engine, client) = fx.engine().await;
+        let conf = fleet_conf(
+            &fx,
+            serde_json::json!(["127.0.0.1"]),
+            serde_json::json!({"blocks": 2}),
+        );
+        client
+            .project("main")
+            .fleets()
+            .apply_configuration(serde_json::from_value(conf).unwrap(), false)
+            .await
+            .unwrap();
+        let inst = wait_instance(&client, 0, Duration::from_secs(150), |i| {
+            i.status != InstanceStatus::Pending
+        })
+        .await;
+        assert_eq!(
+            inst.status,
+            InstanceStatus::Idle,
+            "{:?}",
+            inst.termination_reason_message
+        );
+        assert_eq!(inst.total_blocks, Some(2));
+        assert_eq!(inst.busy_blocks, 0);
+
+        let runs = client.project("main").runs();
+        runs.init_virtual_repo().await.unwrap();
+        // The plan offers one block: half of the host's CPUs.
+        let plan = runs.get_plan(&task("one", &["sleep 1"])).await.unwrap();
+        let offer = &plan.job_plans[0].offers[0];
+        assert_eq!((offer.blocks, offer.total_blocks), (1, 2), "{offer:#?}");
+
+        for name in ["one", "two"] {
+            runs.apply(&task(name, &["echo started-$DSTACK_RUN_NAME", "sleep 600"]))
+                .await
+                .unwrap();
+        }
+        for name in ["one", "two"] {
+            wait_run(&client, name, Duration::from_secs(90), |r| {
+                r.status == RunStatus::Running
+            })
+            .await;
+        }
+        let inst = wait_instance(&client, 0, Duration::from_secs(10), |i| i.busy_blocks == 2).await;
+        assert_eq!(inst.status, InstanceStatus::Busy);
+        // Both jobs run side by side and each one's logs are its own.
+        for name in ["one", "two"] {
+            let want = format!("started-{name}");
+            let f = async {
+                loop {
+                    let run = runs.get(name).await.unwrap();
+                    if all_logs(&client, &run, 0).await.contains(&want) {
+                        return run;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            };
+            let run = tokio::time::timeout(Duration::from_secs(30), f)
+                .await
+                .expect("logs");
+            let logs = all_logs(&client, &run, 0).await;
+            assert!(
+                !logs.contains(if name == "one" {
+                    "started-two"
+                } else {
+                    "started-one"
+                }),
+                "{logs}"
+            );
+        }
+        // No block left: a third task finds no capacity.
+        runs.apply(&task("three", &["true"])).await.unwrap();
+        let run = wait_run(&client, "three", Duration::from_secs(60), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Failed, "{run:#?}");
+        assert_eq!(
+            run.latest_job_submission
+                .as_ref()
+                .unwrap()
+                .termination_reason
+                .as_deref(),
+            Some("failed_to_start_due_to_no_capacity")
+        );
+
+        // One stops: one block is free again, the instance stays BUSY and takes a new job.
+        runs.stop(&["one"], false).await.unwrap();
+        wait_run(&client, "one", Duration::from_secs(60), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        let inst = wait_instance(&client, 0, Duration::from_secs(10), |i| i.busy_blocks == 1).await;
+        assert_eq!(inst.status, InstanceStatus::Busy);
+        runs.apply(&task("four", &["echo four"])).await.unwrap();
+        let run = wait_run(&client, "four", Duration::from_secs(90), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Done, "{run:#?}");
+        assert!(all_logs(&client, &run, 0).await.contains("four"));
+        runs.stop(&["two"], false).await.unwrap();
+        wait_run(&client, "two", Duration::from_secs(60), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        let inst = wait_instance(&client, 0, Duration::from_secs(10), |i| {
+            i.status == InstanceStatus::Idle
+        })
+        .await;
+        assert_eq!(inst.busy_blocks, 0);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multinode_task_spans_cluster_instances() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let fx = Fixture::new().await;
+        let (_engine, client) = fx.engine().await;
+        // Two hosts (both this machine; one agent serves both instances).
+        let conf = fleet_conf(
+            &fx,
+            serde_json::json!(["127.0.0.1", "localhost"]),
+            serde_json::json!({"placement": "cluster"}),
+        );
+        client
+            .project("main")
+            .fleets()
+            .apply_configuration(serde_json::from_value(conf).unwrap(), false)
+            .await
+            .unwrap();
+        for idx in 0..2 {
+            let inst = wait_instance(&client, idx, Duration::from_secs(150), |i| {
+                i.status != InstanceStatus::Pending
+            })
+            .await;
+            assert_eq!(inst.status, InstanceStatus::Idle, "{:?}", inst.termination_reason_message);
+        }
+        let runs = client.project("main").runs();
+        runs.init_virtual_repo().await.unwrap();
+        let mut spec = task(
+            "multi",
+            &["echo node=$DSTACK_NODE_RANK/$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP gpus=$DSTACK_GPUS_NUM", "sleep 2"],
+        );
+        if let dstack_sdk::models::configurations::RunConfiguration::Task(t) = &mut spec.configuration {
+            t.nodes = Some(2);
+        }
+        let run = runs.apply(&spec).await.unwrap();
+        assert_eq!(run.jobs.len(), 2);
+        let run = wait_run(&client, "multi", Duration::from_secs(120), |r| r.status.is_finished()).await;
+        assert_eq!(run.status, RunStatus::Done, "{run:#?}");
+        let instances: Vec<_> = run
+            .jobs
+            .iter()
+            .map(|j| j.job_submissions.last().unwrap().job_provisioning_data.as_ref().unwrap().instance_id.clone())
+            .collect();
+        assert_ne!(instances[0], instances[1], "both nodes on one instance");
+        for rank in 0..2 {
+            let logs = all_logs(&client, &run, rank).await;
+            assert!(logs.contains(&format!("node={rank}/2 master=")), "{logs}");
+            assert!(logs.contains("gpus=0"), "{logs}");
+        }
+        // Both nodes see the same master IP.
+        let master = |l: &str| l.split("master=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        assert_eq!(master(&all_logs(&client, &run, 0).await), master(&all_logs(&client, &run, 1).await));
+        // A multi-node task refuses a fleet without `placement: cluster`? Here: every
+        // instance is free again.
+        for idx in 0..2 {
+            wait_instance(&client, idx, Duration::from_secs(10), |i| i.status == InstanceStatus::Idle).await;
+        }
+    })
+    .await
+    .expect("test timed out");
+}
