@@ -1246,3 +1246,69 @@ async fn multi_efa_instances_get_an_elastic_ip_released_on_terminate() {
     assert!(addrs.addresses().is_empty(), "EIP released");
     drop(env);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_instance_lookups_are_cached_and_coalesced() {
+    let env = env().await;
+    env.register_images().await;
+    env.make_default_vpc_public().await;
+    let compute = env.compute(json!({})).await;
+    let offers = compute.get_offers(None).await.unwrap();
+    let offer = pick(&offers, "t3.micro", false);
+    const LOOKUPS: [&str; 5] = [
+        "DescribeImages",
+        "DescribeVpcs",
+        "DescribeSubnets",
+        "DescribeRouteTables",
+        "DescribeSecurityGroups",
+    ];
+    let counts = |env: &Env| -> Vec<usize> { LOOKUPS.iter().map(|a| env.fake.count(a)).collect() };
+
+    // Five creates in one region: each lookup once, the group created once.
+    let before_calls = compute.api_calls();
+    let before = counts(&env);
+    for i in 0..5 {
+        compute
+            .create_instance(offer, &instance_config(&format!("cached-{i}")), None)
+            .await
+            .unwrap();
+    }
+    let after = counts(&env);
+    for (i, action) in LOOKUPS.iter().enumerate() {
+        assert_eq!(after[i] - before[i], 1, "{action}");
+    }
+    assert_eq!(env.fake.count("CreateSecurityGroup"), 1);
+    assert_eq!(env.fake.count("AuthorizeSecurityGroupIngress"), 1);
+    assert_eq!(env.fake.count("RunInstances"), 5);
+    let per_instance = (compute.api_calls() - before_calls) as f64 / 5.0;
+    eprintln!("AWS calls per create_instance (5 sequential): {per_instance}");
+    // 5 lookups + 2 for the new group, once; then one RunInstances per instance.
+    assert_eq!(compute.api_calls() - before_calls, 5 + 2 + 5);
+
+    // Five parallel first creates for another project: one security group lookup/create.
+    let configs: Vec<InstanceConfiguration> = (0..5)
+        .map(|i| {
+            InstanceConfiguration::new(
+                "other",
+                Uuid::new_v4(),
+                format!("parallel-{i}"),
+                vec![PROJECT_KEY.to_string()],
+            )
+        })
+        .collect();
+    let before = counts(&env);
+    let results = futures_util::future::join_all(
+        configs
+            .iter()
+            .map(|c| compute.create_instance(offer, c, None)),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let after = counts(&env);
+    // Image and network are still cached; the new project's group is looked up once.
+    assert_eq!(after[0] - before[0], 0);
+    assert_eq!(after[1] - before[1], 0);
+    assert_eq!(after[4] - before[4], 1);
+    assert_eq!(env.fake.count("CreateSecurityGroup"), 2);
+    assert_eq!(env.fake.count("RunInstances"), 10);
+}

@@ -51,7 +51,8 @@ pub fn image_query(compute: &AwsCompute, nvidia: bool, arch: &str) -> (String, S
     }
 }
 
-/// Finds the newest available AMI for the instance kind in `region`.
+/// Finds the newest available AMI for the instance kind in `region` (cached per region and
+/// query for [`IMAGE_TTL`](super::cache::IMAGE_TTL)).
 pub async fn find_image(
     compute: &AwsCompute,
     region: &str,
@@ -60,6 +61,31 @@ pub async fn find_image(
 ) -> BackendResult<ImageChoice> {
     let (name, owner, username) = image_query(compute, nvidia, arch);
     let aws_arch = if arch == "arm64" { "arm64" } else { "x86_64" };
+    let key = (
+        region.to_string(),
+        name.clone(),
+        owner.clone(),
+        aws_arch.to_string(),
+        username.clone(),
+    );
+    compute
+        .lookups
+        .images
+        .get_or_try_fetch(key, || {
+            lookup_image(compute, region, name, owner, username, aws_arch)
+        })
+        .await
+}
+
+/// The uncached `DescribeImages` lookup behind [`find_image`].
+async fn lookup_image(
+    compute: &AwsCompute,
+    region: &str,
+    name: String,
+    owner: String,
+    username: String,
+    aws_arch: &str,
+) -> BackendResult<ImageChoice> {
     let ec2 = compute.region(region).ec2;
     let out = compute
         .call("DescribeImages", || {

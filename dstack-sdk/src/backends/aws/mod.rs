@@ -9,10 +9,13 @@
 //! | [`networking`] | VPC and subnet choice (`vpc_name`, `vpc_ids`, `default_vpcs`, `public_ips`), security group |
 //! | [`instances`] | `RunInstances` per zone with fall-through, polling, termination, EIPs, spot |
 //! | [`placement`] | cluster placement groups |
+//! | [`cache`] | TTL caches (with coalescing) for the image, network and security group lookups |
 //!
 //! Every call is counted ([`AwsCompute::api_calls`]) and runs through the shared back-off
-//! (throttling such as `RequestLimitExceeded` is retried).
+//! (throttling such as `RequestLimitExceeded` is retried). The per-instance lookups (AMI,
+//! VPC/subnets/route tables, security group) are cached per region for 600 s, like dstack.
 
+pub mod cache;
 pub mod client;
 pub mod errors;
 pub mod images;
@@ -47,6 +50,7 @@ pub struct AwsCompute {
     clients: AwsClients,
     calls: AtomicU64,
     facts: offers::FactsCache,
+    lookups: cache::LookupCache,
 }
 
 impl AwsCompute {
@@ -73,6 +77,7 @@ impl AwsCompute {
             clients,
             calls: AtomicU64::new(0),
             facts: offers::FactsCache::default(),
+            lookups: cache::LookupCache::default(),
         })
     }
 

@@ -95,8 +95,26 @@ async fn find_vpc(compute: &AwsCompute, region: &str) -> BackendResult<(String, 
     ))
 }
 
-/// Resolves the VPC and the candidate subnets in `region`.
+/// Resolves the VPC and the candidate subnets in `region` (cached per region and VPC
+/// settings for [`NETWORK_TTL`](super::cache::NETWORK_TTL)).
 pub async fn resolve(compute: &AwsCompute, region: &str) -> BackendResult<NetworkChoice> {
+    let cfg = &compute.config;
+    let key = (
+        region.to_string(),
+        cfg.vpc_ids.as_ref().and_then(|m| m.get(region)).cloned(),
+        cfg.vpc_name.clone(),
+        cfg.default_vpcs.unwrap_or(true),
+        cfg.public_ips.unwrap_or(true),
+    );
+    compute
+        .lookups
+        .networks
+        .get_or_try_fetch(key, || resolve_uncached(compute, region))
+        .await
+}
+
+/// The uncached `DescribeVpcs` + `DescribeSubnets` + `DescribeRouteTables` behind [`resolve`].
+async fn resolve_uncached(compute: &AwsCompute, region: &str) -> BackendResult<NetworkChoice> {
     let public_ips = compute.config.public_ips.unwrap_or(true);
     let (vpc_id, vpc_cidr) = find_vpc(compute, region).await?;
     let ec2 = compute.region(region).ec2;
@@ -208,8 +226,34 @@ pub async fn resolve(compute: &AwsCompute, region: &str) -> BackendResult<Networ
 }
 
 /// The project's security group in the VPC (created on first use): SSH from anywhere when
-/// instances are public, everything between members of the group; egress open.
+/// instances are public, everything between members of the group; egress open. The id is
+/// cached per region, project and VPC for
+/// [`SECURITY_GROUP_TTL`](super::cache::SECURITY_GROUP_TTL); concurrent first calls create
+/// the group once.
 pub async fn ensure_security_group(
+    compute: &AwsCompute,
+    region: &str,
+    project: &str,
+    network: &NetworkChoice,
+) -> BackendResult<String> {
+    let key = (
+        region.to_string(),
+        project.to_string(),
+        network.vpc_id.clone(),
+        network.public_ips,
+        network.vpc_cidr.clone(),
+    );
+    compute
+        .lookups
+        .security_groups
+        .get_or_try_fetch(key, || {
+            ensure_security_group_uncached(compute, region, project, network)
+        })
+        .await
+}
+
+/// The uncached find-or-create behind [`ensure_security_group`].
+async fn ensure_security_group_uncached(
     compute: &AwsCompute,
     region: &str,
     project: &str,
