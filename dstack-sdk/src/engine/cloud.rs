@@ -30,6 +30,9 @@ type ComputeCache = HashMap<(String, String), (String, Arc<dyn Compute>)>;
 #[derive(Default)]
 pub(crate) struct Computes {
     cache: Mutex<ComputeCache>,
+    /// Held while a backend is built, so that workers asking at once for a backend that is not
+    /// cached yet share one object (and its lookup caches) instead of building one each.
+    building: tokio::sync::Mutex<()>,
     settings: OnceLock<BackendSettings>,
 }
 
@@ -91,11 +94,17 @@ impl Engine {
         };
         let fingerprint = config.to_string();
         let key = (project_id.to_string(), backend_type.to_string());
-        if let Ok(cache) = self.inner.computes.cache.lock()
-            && let Some((fp, c)) = cache.get(&key)
-            && *fp == fingerprint
-        {
-            return Ok(Some(c.clone()));
+        let cached = || -> Option<Arc<dyn Compute>> {
+            let cache = self.inner.computes.cache.lock().ok()?;
+            let (fp, c) = cache.get(&key)?;
+            (*fp == fingerprint).then(|| c.clone())
+        };
+        if let Some(c) = cached() {
+            return Ok(Some(c));
+        }
+        let _building = self.inner.computes.building.lock().await;
+        if let Some(c) = cached() {
+            return Ok(Some(c));
         }
         let typed = AnyBackendConfigWithCreds::parse(&config, false)?;
         let compute = self.build_compute(project_id, &typed).await?;
