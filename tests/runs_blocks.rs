@@ -9,73 +9,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use dstack_sdk::client::Client;
-use dstack_sdk::engine::{Engine, EngineOptions};
 use dstack_sdk::models::instances::{Instance, InstanceStatus};
 use dstack_sdk::models::logs::PollLogsRequest;
 use dstack_sdk::models::runs::{Run, RunSpec, RunStatus};
 
+#[path = "support/ssh_fleet.rs"]
+mod ssh_fleet;
 #[path = "support/sshd.rs"]
 mod sshd;
 
-use sshd::{LoopbackSshd, SUDO_USER, free_port, keygen};
-
-/// A temp dir with a key, a running sshd and the agent's paths for this test.
-struct Fixture {
-    sshd: LoopbackSshd,
-    port: u16,
-    private_pem: String,
-    public_line: String,
-    agent_home: PathBuf,
-    agent_bin: PathBuf,
-}
-
-impl Fixture {
-    async fn new() -> Fixture {
-        let keys = tempfile::tempdir().unwrap();
-        let key = keygen(&keys.path().join("client"));
-        let sshd = LoopbackSshd::start(&[(SUDO_USER, &key.public_line)]).await;
-        let dir = sshd.dir();
-        Fixture {
-            agent_home: dir.join("agent-home"),
-            agent_bin: dir.join("bin").join("dstack-agent"),
-            port: sshd.port,
-            sshd,
-            private_pem: key.private_pem,
-            public_line: key.public_line,
-        }
-    }
-
-    async fn engine(&self) -> (Engine, Client) {
-        let mut o = EngineOptions::new(self.sshd.tmp.path().join("server"));
-        o.config_disabled = true;
-        o.pipelines.lease = Duration::from_secs(5);
-        o.pipelines.workers = 4;
-        o.agent.binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_dstack-server")));
-        o.agent.remote_path = self.agent_bin.display().to_string();
-        o.agent.home = self.agent_home.display().to_string();
-        o.agent.shim_port = free_port();
-        o.agent.runner_port = free_port();
-        o.agent.health_timeout = Duration::from_secs(30);
-        let (engine, info) = Engine::open(o).await.unwrap();
-        let client = Client::with_engine(engine.clone(), &info.admin_token);
-        (engine, client)
-    }
-
-    /// Kills this fixture's agent.
-    fn kill_agent(&self) {
-        sshd::kill_agent(&self.agent_home, &self.agent_bin);
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.kill_agent();
-    }
-}
+use ssh_fleet::Fixture;
+use sshd::SUDO_USER;
 
 async fn wait_instance(
     client: &Client,
