@@ -12,77 +12,17 @@
 use std::time::Duration;
 
 use dstack_sdk::client::Client;
-use dstack_sdk::models::instances::{Instance, InstanceStatus};
+use dstack_sdk::models::instances::InstanceStatus;
 use dstack_sdk::models::logs::PollLogsRequest;
-use dstack_sdk::models::runs::{Run, RunSpec, RunStatus};
+use dstack_sdk::models::runs::{Run, RunStatus};
 
 #[path = "support/ssh_fleet.rs"]
 mod ssh_fleet;
 #[path = "support/sshd.rs"]
 mod sshd;
 
-use ssh_fleet::Fixture;
+use ssh_fleet::{Fixture, task, wait_instance, wait_run};
 use sshd::SUDO_USER;
-
-async fn wait_instance(
-    client: &Client,
-    idx: usize,
-    limit: Duration,
-    done: impl Fn(&Instance) -> bool,
-) -> Instance {
-    let f = async {
-        loop {
-            let fleet = client.project("main").fleets().get("ssh").await.unwrap();
-            if let Some(i) = fleet.instances.get(idx)
-                && done(i)
-            {
-                return i.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    };
-    tokio::time::timeout(limit, f)
-        .await
-        .expect("instance did not reach the expected state in time")
-}
-
-async fn wait_run(
-    client: &Client,
-    name: &str,
-    limit: Duration,
-    done: impl Fn(&Run) -> bool,
-) -> Run {
-    let f = async {
-        loop {
-            let run = client.project("main").runs().get(name).await.unwrap();
-            if done(&run) {
-                return run;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    };
-    match tokio::time::timeout(limit, f).await {
-        Ok(r) => r,
-        Err(_) => {
-            let run = client.project("main").runs().get(name).await.unwrap();
-            panic!("run {name} did not reach the expected state in time: {run:#?}");
-        }
-    }
-}
-
-fn task(name: &str, commands: &[&str]) -> RunSpec {
-    serde_json::from_value(serde_json::json!({
-        "run_name": name,
-        "repo_id": "none",
-        "repo_data": {"repo_type": "virtual"},
-        "configuration": {
-            "type": "task",
-            "commands": commands,
-            "resources": {"cpu": "1..", "memory": "0.1GB..", "disk": "1GB.."},
-        },
-    }))
-    .unwrap()
-}
 
 async fn all_logs(client: &Client, run: &Run, job: usize) -> String {
     let sub = run.jobs[job].job_submissions.last().unwrap();

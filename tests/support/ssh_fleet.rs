@@ -1,6 +1,6 @@
 //! The SSH-fleet fixture of the engine-level run tests (`runs_ssh.rs`, `runs_blocks.rs`): a
 //! key, a real `sshd` on loopback that accepts it, the agent's paths, and an embedded engine
-//! that deploys `dstack-server` as the agent. Needs the including test to declare
+//! that deploys `dstack-server` as the agent; and the waits and task spec those tests share. Needs the including test to declare
 //! `mod sshd` (`tests/support/sshd.rs`) and to be a `server-bin` test (for
 //! `CARGO_BIN_EXE_dstack-server`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use dstack_sdk::client::Client;
 use dstack_sdk::engine::{Engine, EngineOptions};
+use dstack_sdk::models::instances::Instance;
+use dstack_sdk::models::runs::{Run, RunSpec};
 
 use crate::sshd::{self, LoopbackSshd, SUDO_USER, free_port, keygen};
 
@@ -65,4 +67,67 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         self.kill_agent();
     }
+}
+
+/// Waits until the `idx`-th instance of fleet `ssh` satisfies `done`.
+pub async fn wait_instance(
+    client: &Client,
+    idx: usize,
+    limit: Duration,
+    done: impl Fn(&Instance) -> bool,
+) -> Instance {
+    let f = async {
+        loop {
+            let fleet = client.project("main").fleets().get("ssh").await.unwrap();
+            if let Some(i) = fleet.instances.get(idx)
+                && done(i)
+            {
+                return i.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("instance did not reach the expected state in time")
+}
+
+/// Waits until run `name` satisfies `done`.
+pub async fn wait_run(
+    client: &Client,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(&Run) -> bool,
+) -> Run {
+    let f = async {
+        loop {
+            let run = client.project("main").runs().get(name).await.unwrap();
+            if done(&run) {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => {
+            let run = client.project("main").runs().get(name).await.unwrap();
+            panic!("run {name} did not reach the expected state in time: {run:#?}");
+        }
+    }
+}
+
+/// A task run spec with `commands` and small resources.
+pub fn task(name: &str, commands: &[&str]) -> RunSpec {
+    serde_json::from_value(serde_json::json!({
+        "run_name": name,
+        "repo_id": "none",
+        "repo_data": {"repo_type": "virtual"},
+        "configuration": {
+            "type": "task",
+            "commands": commands,
+            "resources": {"cpu": "1..", "memory": "0.1GB..", "disk": "1GB.."},
+        },
+    }))
+    .unwrap()
 }
