@@ -20,6 +20,7 @@ use dstack_sdk::backends::aws::AwsCompute;
 use dstack_sdk::backends::common::endpoint::Endpoints;
 use dstack_sdk::backends::common::provision::{MAX_OFFERS_TRIED, create_first_available};
 use dstack_sdk::backends::common::retry::Backoff;
+use dstack_sdk::backends::compute::ComputeWithSweep;
 use dstack_sdk::backends::{
     BackendError, BackendSettings, Compute, ComputeWithCreateInstance, ComputeWithPlacementGroups,
     InstanceConfiguration, PlacementGroupConfig,
@@ -600,9 +601,26 @@ async fn create_running_terminate_on_demand_and_spot() {
         assert_eq!(tags["dstack_user"], "alice");
         assert_eq!(tags["Name"], config.instance_name);
         assert_eq!(tags["team"], "ml");
-        // The sweep finds it by the server tag.
-        let listed = compute.list_tagged_instances(REGION).await.unwrap();
-        assert!(listed.contains(&jpd.instance_id));
+        // The sweep finds it by the server tag, with its instance row id and zone.
+        let listed = compute.list_tagged_instances("srv-test").await.unwrap();
+        let found = listed
+            .iter()
+            .find(|t| t.instance_id == jpd.instance_id)
+            .expect("listed by the server tag");
+        assert_eq!(found.region, REGION);
+        assert_eq!(found.zone, jpd.availability_zone);
+        assert_eq!(
+            found.dstack_instance_id.as_deref(),
+            Some(config.instance_id.to_string().as_str())
+        );
+        assert!(found.created_at.is_some());
+        assert!(
+            compute
+                .list_tagged_instances("another-server")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // The user data is our cloud-config with the agent bootstrap and the project key.
         let ud = env
@@ -1157,6 +1175,8 @@ async fn placement_groups_efa_and_reservations_via_the_fake() {
     let offers = compute.get_offers(None).await.unwrap();
     let g5 = pick(&offers, "g5.8xlarge", false);
     assert!(compute.is_suitable_placement_group(&pg, g5));
+    // Burstable types cannot join a cluster placement group (dstack's rule).
+    assert!(!compute.is_suitable_placement_group(&pg, pick(&offers, "t3.micro", false)));
     let config = instance_config("cluster-0").with_reservation("cr-0123456789abcdef0");
     let mut jpd = compute
         .create_instance(g5, &config, Some(&pg))
@@ -1311,4 +1331,62 @@ async fn per_instance_lookups_are_cached_and_coalesced() {
     assert_eq!(after[4] - before[4], 1);
     assert_eq!(env.fake.count("CreateSecurityGroup"), 2);
     assert_eq!(env.fake.count("RunInstances"), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_zones_are_cached_across_get_offers() {
+    let env = env().await;
+    env.fake.set_quotas(&[("L-1216C47A", 16.0)]);
+    let compute = env.compute(json!({})).await;
+    let first = compute.get_offers(None).await.unwrap();
+    let calls = compute.api_calls();
+    assert_eq!(env.fake.count("ListServiceQuotas"), 1);
+    let offerings = env.fake.count("DescribeInstanceTypeOfferings");
+    assert!(offerings >= 1);
+    // A second refresh, and one with requirements, reuse both.
+    let second = compute.get_offers(None).await.unwrap();
+    let mut req = dstack_sdk::models::resources::Requirements::new(
+        dstack_sdk::models::resources::ResourcesSpec::unconstrained(),
+    );
+    req.spot = Some(false);
+    let on_demand = compute.get_offers(Some(&req)).await.unwrap();
+    assert!(!on_demand.is_empty());
+    assert_eq!(env.fake.count("ListServiceQuotas"), 1);
+    assert_eq!(env.fake.count("DescribeInstanceTypeOfferings"), offerings);
+    assert_eq!(compute.api_calls(), calls);
+    let view = |o: &[InstanceOfferWithAvailability]| -> Vec<(String, bool, InstanceAvailability, Option<Vec<String>>)> {
+        o.iter()
+            .map(|o| {
+                (
+                    o.instance.name.clone(),
+                    o.instance.resources.spot,
+                    o.availability,
+                    o.availability_zones.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(view(&first), view(&second));
+    assert_eq!(
+        pick(&second, "t3.micro", false).availability,
+        InstanceAvailability::Available
+    );
+    assert!(
+        pick(&second, "t3.micro", false)
+            .availability_zones
+            .as_ref()
+            .is_some_and(|z| !z.is_empty())
+    );
+
+    // Concurrent first refreshes of a new backend make each call once too.
+    let compute = env.compute(json!({})).await;
+    let before_q = env.fake.count("ListServiceQuotas");
+    let before_z = env.fake.count("DescribeInstanceTypeOfferings");
+    let results = futures_util::future::join_all((0..4).map(|_| compute.get_offers(None))).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(env.fake.count("ListServiceQuotas") - before_q, 1);
+    assert_eq!(
+        env.fake.count("DescribeInstanceTypeOfferings") - before_z,
+        offerings
+    );
 }

@@ -2,9 +2,11 @@
 //! The Azure backend against a fake Azure (ARM + AAD) written here (axum on loopback).
 //!
 //! The fake follows the documented REST APIs the backend calls:
-//! - AAD: `POST /{tenant}/oauth2/v2.0/token` (client credentials; `invalid_client` with an
-//!   `AADSTS7000215` description for a bad secret) and the managed-identity endpoint
-//!   `GET /metadata/identity/oauth2/token` (`Metadata: true` required);
+//! - AAD: `POST /{tenant}/oauth2/v2.0/token` (client credentials with a secret, `invalid_client`
+//!   with an `AADSTS7000215` description for a bad one; or with a `client_assertion` of type
+//!   `jwt-bearer`, the workload-identity grant, `AADSTS700211`-style `invalid_client` for a
+//!   wrong assertion) and the managed-identity endpoint `GET /metadata/identity/oauth2/token`
+//!   (`Metadata: true` required);
 //! - ARM under `/subscriptions/{sub}`: the subscription, resource SKUs (`$filter=location eq
 //!   '…'`), community gallery images, resource groups, NSGs, virtual networks with subnets and
 //!   peerings, public IPs, NICs, VMs (with `$expand=instanceView`) and disks. Every ARM call
@@ -17,7 +19,10 @@
 //!   (`NicInUse`), nor a public IP attached to a NIC, nor a disk attached to a VM; deleting a
 //!   VM deletes its NIC and OS disk when their `deleteOption` is `Delete`.
 //! - Injected answers: 429 with `Retry-After`, synchronous VM errors per size
-//!   (`SkuNotAvailable`, `OperationNotAllowed`), asynchronous VM failures (`AllocationFailed`).
+//!   (`SkuNotAvailable`, `OperationNotAllowed`), asynchronous VM failures (the operation ends
+//!   `Failed` with e.g. `AllocationFailed`), and VMs whose operation succeeds but whose
+//!   `provisioningState` ends `Failed`.
+//! - The Azure CLI is a shell script named `az` put first on the `PATH` the backend is given.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -51,6 +56,10 @@ const CLIENT_ID: &str = "acf3f73a-597b-46b6-98d9-748d75018ed0";
 const SECRET: &str = "good-secret";
 const ACCESS_TOKEN: &str = "fake-arm-token";
 const MI_TOKEN: &str = "fake-mi-token";
+const WI_TOKEN: &str = "fake-wi-token";
+const CLI_TOKEN: &str = "fake-cli-token";
+const FEDERATED_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.fake-federated-sa-token.sig";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const SERVER_ID: &str = "srv-azure-test";
 const PROJECT_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIProjectKey project@dstack";
 const LOCATION: &str = "westeurope";
@@ -65,6 +74,8 @@ struct Op {
     failure: Option<(String, String)>,
     /// The VM the operation creates (its state follows the operation).
     vm: Option<String>,
+    /// The operation succeeds but the VM ends `Failed` with this (code, message).
+    state_failure: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +101,8 @@ struct Fake {
     fail_all: Option<(u16, String)>,
     /// VM size (spot marked with a `spot:` prefix) → code of an asynchronous failure.
     fail_async: HashMap<String, String>,
+    /// VM size → code: the operation succeeds, the VM's `provisioningState` ends `Failed`.
+    fail_state: HashMap<String, String>,
     /// How long VM creation takes.
     vm_delay: Duration,
     /// Location → SKUs (`name`, `restrictions`).
@@ -164,6 +177,7 @@ impl Fake {
                 ready_at: Instant::now() + delay,
                 failure,
                 vm,
+                state_failure: None,
             },
         );
         format!(
@@ -186,7 +200,7 @@ impl Fake {
             if let Some(vm) = self.resources.get_mut(&id)
                 && vm["properties"]["provisioningState"] == "Creating"
             {
-                match &op.failure {
+                match op.failure.as_ref().or(op.state_failure.as_ref()) {
                     None => vm["properties"]["provisioningState"] = json!("Succeeded"),
                     Some((code, message)) => {
                         vm["properties"]["provisioningState"] = json!("Failed");
@@ -260,6 +274,29 @@ async fn handle(
                 vec![],
             );
         }
+        if query_param(&form, "client_assertion").is_some() {
+            let ok = query_param(&form, "grant_type").as_deref() == Some("client_credentials")
+                && query_param(&form, "client_assertion_type").as_deref() == Some(JWT_BEARER)
+                && query_param(&form, "client_assertion").as_deref() == Some(FEDERATED_TOKEN)
+                && query_param(&form, "client_id").as_deref() == Some(CLIENT_ID)
+                && query_param(&form, "client_secret").is_none()
+                && query_param(&form, "scope").as_deref()
+                    == Some("https://management.azure.com/.default");
+            if !ok {
+                return json_resp(
+                    401,
+                    &json!({"error": "invalid_client",
+                    "error_description": "AADSTS700211: No matching federated identity record found for presented assertion issuer.\r\nTrace ID: 1",
+                    "error_codes": [700211]}),
+                    vec![],
+                );
+            }
+            return json_resp(
+                200,
+                &json!({"token_type": "Bearer", "expires_in": 3599, "access_token": WI_TOKEN}),
+                vec![],
+            );
+        }
         let ok = query_param(&form, "grant_type").as_deref() == Some("client_credentials")
             && query_param(&form, "client_id").as_deref() == Some(CLIENT_ID)
             && query_param(&form, "client_secret").as_deref() == Some(SECRET)
@@ -303,7 +340,10 @@ async fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if auth != format!("Bearer {ACCESS_TOKEN}") && auth != format!("Bearer {MI_TOKEN}") {
+    if ![ACCESS_TOKEN, MI_TOKEN, WI_TOKEN, CLI_TOKEN]
+        .iter()
+        .any(|t| auth == format!("Bearer {t}"))
+    {
         return arm_error(
             401,
             "InvalidAuthenticationToken",
@@ -365,6 +405,22 @@ async fn handle(
             &json!({"value": items[start.min(items.len())..]}),
             vec![],
         );
+    }
+    // virtualMachines.listAll / virtualMachines.list (a resource group's).
+    const VMS: &str = "/providers/Microsoft.Compute/virtualMachines";
+    if method == Method::GET
+        && rest.ends_with(VMS)
+        && (rest == VMS || rest.trim_end_matches(VMS).matches('/').count() == 2)
+    {
+        let scope = format!("{prefix}{}/", rest.trim_end_matches(VMS));
+        let vms: Vec<Value> = f
+            .resources
+            .iter()
+            .filter(|(id, _)| id.contains(&format!("{VMS}/")))
+            .filter(|(id, _)| rest == VMS || id.starts_with(&scope))
+            .map(|(_, v)| v.clone())
+            .collect();
+        return json_resp(200, &json!({"value": vms}), vec![]);
     }
     if let Some(op) = rest.split("/operations/").nth(1) {
         let Some(o) = f.ops.get(op).cloned() else {
@@ -632,7 +688,16 @@ async fn handle(
                     } else {
                         f.vm_delay
                     };
+                    let state_failure = f
+                        .fail_state
+                        .get(&size)
+                        .map(|c| (c.clone(), format!("Allocation failed for VM size {size}.")));
                     let op = f.new_op(delay, failure, Some(id.clone()));
+                    if let Some(sf) = state_failure {
+                        let op_id = op.split("/operations/").nth(1).unwrap();
+                        let op_id = op_id.split('?').next().unwrap().to_string();
+                        f.ops.get_mut(&op_id).unwrap().state_failure = Some(sf);
+                    }
                     json_resp(201, &v, vec![("azure-asyncoperation", op)])
                 }
                 _ => arm_error(400, "InvalidResourceType", "unsupported"),
@@ -789,11 +854,44 @@ async fn start() -> Env {
 
 impl Env {
     fn settings(&self) -> BackendSettings {
+        self.settings_with_imds(None)
+    }
+
+    /// Settings with every Azure endpoint at the fake, the metadata service at `imds` if given.
+    fn settings_with_imds(&self, imds: Option<&str>) -> BackendSettings {
         let catalog = Catalog::from_dir(repo_root().join("tests/fixtures/catalog/azure")).unwrap();
+        let mut endpoints = Endpoints::none().with("azure", self.url.clone());
+        if let Some(imds) = imds {
+            endpoints = endpoints.with("azure.imds", imds);
+        }
         BackendSettings::new(SERVER_ID)
             .with_catalog(SharedCatalog::new(catalog))
-            .with_endpoints(Endpoints::none().with("azure", self.url.clone()))
+            .with_endpoints(endpoints)
             .with_retry(Backoff::fast(Duration::from_millis(5), 4))
+    }
+
+    /// A backend with `creds: {type: default}` that sees only `env` as its environment.
+    async fn compute_default_creds(
+        &self,
+        env: &[(&str, String)],
+        imds: Option<&str>,
+    ) -> AzureCompute {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let AnyBackendConfigWithCreds::Azure(c) = serde_json::from_value(json!({
+            "type": "azure", "subscription_id": SUB, "tenant_id": TENANT,
+            "creds": {"type": "default"}, "regions": [LOCATION],
+        }))
+        .unwrap() else {
+            panic!("not azure");
+        };
+        AzureCompute::new_with_env(c, self.settings_with_imds(imds), move |k| {
+            env.get(k).cloned()
+        })
+        .await
+        .unwrap()
     }
 
     async fn compute(&self, extra: Value) -> AzureCompute {
@@ -912,9 +1010,19 @@ async fn create_poll_and_terminate() {
 
     let vm = jpd.instance_id.clone();
     assert!(vm.starts_with("fleet-0-"), "{vm}");
+    // create_instance waited for the VM, so its public IP is the hostname already.
+    let ip = env
+        .resource("publicIPAddresses", &format!("{vm}-ip"))
+        .unwrap();
     assert_eq!(
         (jpd.hostname.as_deref(), jpd.username.as_str()),
-        (None, "ubuntu")
+        (ip["properties"]["ipAddress"].as_str(), "ubuntu")
+    );
+    assert!(
+        env.requests("GET", "/operations/")
+            .iter()
+            .any(|l| l.path.contains("Microsoft.Compute")),
+        "the VM operation was polled"
     );
     assert_eq!(jpd.region, LOCATION);
     assert!(jpd.internal_ip.as_deref().unwrap().starts_with("10.0.0."));
@@ -1430,16 +1538,17 @@ async fn bad_client_secret_is_invalid_credentials() {
 
 #[tokio::test]
 async fn default_creds_use_managed_identity() {
-    if std::env::var("AZURE_CLIENT_SECRET").is_ok() {
-        return; // the environment supplies a service principal instead
-    }
     let env = start().await;
-    let compute = env.compute(json!({"creds": {"type": "default"}})).await;
-    assert!(matches!(
-        compute.token_source(),
-        TokenSource::ManagedIdentity { .. }
-    ));
+    let compute = env
+        .compute_default_creds(&[("AZURE_CLIENT_ID", String::new())], None)
+        .await;
+    let kinds: Vec<_> = compute.token_sources().iter().map(|s| s.kind()).collect();
+    assert_eq!(kinds, ["managed_identity", "azure_cli"]);
     compute.validate_credentials().await.unwrap();
+    assert!(matches!(
+        compute.active_token_source().await,
+        Some(TokenSource::ManagedIdentity { client_id: None })
+    ));
     let mi = env.requests("GET", "/metadata/identity/oauth2/token");
     assert_eq!(mi.len(), 1);
     assert!(
@@ -1448,6 +1557,153 @@ async fn default_creds_use_managed_identity() {
             .contains("resource=https%3A%2F%2Fmanagement.azure.com%2F"),
         "{}",
         mi[0].query
+    );
+}
+
+#[tokio::test]
+async fn default_creds_workload_identity_uses_client_assertion() {
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, format!("{FEDERATED_TOKEN}\n")).unwrap();
+    let wi_env = [
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_string()),
+        ("AZURE_TENANT_ID", TENANT.to_string()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+    ];
+    let compute = env.compute_default_creds(&wi_env, None).await;
+    let kinds: Vec<_> = compute.token_sources().iter().map(|s| s.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["workload_identity", "managed_identity", "azure_cli"]
+    );
+    compute.validate_credentials().await.unwrap();
+    assert!(matches!(
+        compute.active_token_source().await,
+        Some(TokenSource::WorkloadIdentity { .. })
+    ));
+    let posts = env.requests("POST", "/oauth2/v2.0/token");
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].path.starts_with(&format!("/{TENANT}/")));
+    let form = posts[0].body.as_str().unwrap().to_string();
+    assert_eq!(
+        query_param(&form, "client_assertion").as_deref(),
+        Some(FEDERATED_TOKEN)
+    );
+    assert_eq!(
+        query_param(&form, "client_assertion_type").as_deref(),
+        Some(JWT_BEARER)
+    );
+    assert_eq!(query_param(&form, "client_id").as_deref(), Some(CLIENT_ID));
+    assert_eq!(
+        query_param(&form, "grant_type").as_deref(),
+        Some("client_credentials")
+    );
+    assert_eq!(
+        query_param(&form, "scope").as_deref(),
+        Some("https://management.azure.com/.default")
+    );
+    assert_eq!(env.count("GET", "/metadata/identity/oauth2/token"), 0);
+    assert!(!format!("{compute:?}").contains(FEDERATED_TOKEN));
+
+    // A rejected assertion ends the chain: no managed identity, no CLI.
+    std::fs::write(&token_file, "eyJ.rotated-but-unknown.sig").unwrap();
+    let compute = env.compute_default_creds(&wi_env, None).await;
+    let e = compute.validate_credentials().await.unwrap_err();
+    match &e {
+        BackendError::InvalidCredentials { message } => {
+            assert!(message.contains("AADSTS700211"), "{message}");
+            assert!(!message.contains("rotated") && !message.contains("Trace ID"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env.count("GET", "/metadata/identity/oauth2/token"), 0);
+}
+
+/// Writes an executable fake `az` into `dir` that records its arguments in `dir/args` and
+/// runs `body`.
+fn fake_az(dir: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("az");
+    let script = format!("#!/bin/sh\nprintf '%s ' \"$@\" > \"$(dirname \"$0\")/args\"\n{body}\n");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test]
+async fn default_creds_fall_back_to_azure_cli() {
+    let env = start().await;
+    // No managed identity: the metadata endpoint refuses connections.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let expires = chrono::Utc::now().timestamp() + 3600;
+    fake_az(
+        dir.path(),
+        &format!(
+            "cat <<'EOF'\n{}\nEOF",
+            json!({"accessToken": CLI_TOKEN, "expiresOn": "2099-01-01 00:00:00.000000",
+                "expires_on": expires, "subscription": SUB, "tenant": TENANT,
+                "tokenType": "Bearer"})
+        ),
+    );
+    let compute = env
+        .compute_default_creds(&[("PATH", path.clone())], Some(&closed))
+        .await;
+    compute.validate_credentials().await.unwrap();
+    assert!(matches!(
+        compute.active_token_source().await,
+        Some(TokenSource::AzureCli { .. })
+    ));
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    assert_eq!(
+        args.trim(),
+        "account get-access-token --resource https://management.azure.com/ -o json"
+    );
+    // The token is cached: more ARM calls, no second run.
+    std::fs::remove_file(dir.path().join("args")).unwrap();
+    compute.validate_credentials().await.unwrap();
+    assert!(!dir.path().join("args").exists());
+
+    // Not logged in: every source unavailable, and the error says what was tried.
+    fake_az(
+        dir.path(),
+        "echo \"ERROR: Please run 'az login' to setup account.\" >&2\nexit 1",
+    );
+    let compute = env
+        .compute_default_creds(&[("PATH", path.clone())], Some(&closed))
+        .await;
+    let e = compute.validate_credentials().await.unwrap_err();
+    match &e {
+        BackendError::InvalidCredentials { message } => {
+            assert!(message.contains("managed_identity"), "{message}");
+            assert!(message.contains("az login"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // No CLI at all.
+    let empty = tempfile::tempdir().unwrap();
+    let compute = env
+        .compute_default_creds(
+            &[("PATH", empty.path().display().to_string())],
+            Some(&closed),
+        )
+        .await;
+    let e = compute.validate_credentials().await.unwrap_err();
+    assert!(
+        matches!(&e, BackendError::InvalidCredentials { message } if message.contains("not on PATH")),
+        "{e:?}"
     );
 }
 
@@ -1477,7 +1733,6 @@ async fn throttling_is_retried_with_retry_after() {
 #[tokio::test]
 async fn vm_deleted_while_provisioning() {
     let env = start().await;
-    env.fake.lock().unwrap().vm_delay = Duration::from_secs(30);
     let compute = env.compute(json!({})).await;
     let offer = offer(&compute, "Standard_D2s_v3", true).await;
     let mut jpd = compute
@@ -1485,7 +1740,6 @@ async fn vm_deleted_while_provisioning() {
         .await
         .unwrap();
     compute.update_provisioning_data(&mut jpd).await.unwrap();
-    assert!(jpd.hostname.is_none());
     // Evicted / deleted behind our back (the VM only).
     {
         let mut f = env.fake.lock().unwrap();
@@ -1515,38 +1769,150 @@ async fn vm_deleted_while_provisioning() {
 }
 
 #[tokio::test]
-async fn allocation_failure_while_polling_cleans_up() {
+async fn vm_failing_after_creation_is_cleaned_up_by_polling() {
     let env = start().await;
-    {
-        let mut f = env.fake.lock().unwrap();
-        f.vm_delay = Duration::from_millis(80);
-        f.fail_async
-            .insert("spot:Standard_D2s_v3".into(), "AllocationFailed".into());
-    }
     let compute = env.compute(json!({})).await;
     let offer = offer(&compute, "Standard_D2s_v3", true).await;
     let mut jpd = compute
         .create_instance(&offer, &instance("late-0"), None)
         .await
         .unwrap();
-    let mut err = None;
-    for _ in 0..100 {
-        match compute.update_provisioning_data(&mut jpd).await {
-            Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(e) => {
-                err = Some(e);
-                break;
-            }
-        }
+    // The VM goes Failed after it was created (e.g. a spot reallocation that failed).
+    {
+        let mut f = env.fake.lock().unwrap();
+        let vm = f
+            .resources
+            .iter_mut()
+            .find(|(k, _)| k.ends_with(&format!("/virtualMachines/{}", jpd.instance_id)))
+            .map(|(_, v)| v)
+            .unwrap();
+        vm["properties"]["provisioningState"] = json!("Failed");
+        vm["properties"]["instanceView"] = json!({"statuses": [{
+            "code": "ProvisioningState/failed/AllocationFailed", "level": "Error",
+            "message": "Allocation failed."}]});
     }
-    let e = err.expect("the failure surfaces");
+    let e = compute
+        .update_provisioning_data(&mut jpd)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, BackendError::Provisioning { message } if message.contains("AllocationFailed")),
         "{e:?}"
     );
-    assert!(env.names("virtualMachines").is_empty());
-    assert!(env.names("networkInterfaces").is_empty());
-    assert!(env.names("publicIPAddresses").is_empty());
+    assert_nothing_left(&env);
+}
+
+/// No VM, NIC, public IP or disk is left in the fake.
+fn assert_nothing_left(env: &Env) {
+    for kind in [
+        "virtualMachines",
+        "networkInterfaces",
+        "publicIPAddresses",
+        "disks",
+    ] {
+        assert!(
+            env.names(kind).is_empty(),
+            "{kind} leaked: {:?}",
+            env.names(kind)
+        );
+    }
+}
+
+#[tokio::test]
+async fn late_allocation_failures_clean_up_and_try_the_next_offer() {
+    for code in [
+        "AllocationFailed",
+        "OverconstrainedAllocationRequest",
+        "ZonalAllocationFailed",
+        "SkuNotAvailable",
+    ] {
+        let env = start().await;
+        {
+            let mut f = env.fake.lock().unwrap();
+            // The PUT is accepted; the operation fails 80 ms later.
+            f.vm_delay = Duration::from_millis(80);
+            f.fail_async.insert("Standard_D2s_v3".into(), code.into());
+        }
+        let compute = env.compute(json!({})).await;
+        let failing = offer(&compute, "Standard_D2s_v3", false).await;
+        let good = offer(&compute, "Standard_D4s_v3", false).await;
+
+        // Alone: NoCapacity, and nothing is left.
+        let e = compute
+            .create_instance(&failing, &instance("late-0"), None)
+            .await
+            .unwrap_err();
+        assert!(e.is_no_capacity(), "{code}: {e:?}");
+        assert!(e.to_string().contains(code), "{code}: {e}");
+        assert_nothing_left(&env);
+        let vm = vm_put(&env).path.rsplit('/').next().unwrap().to_string();
+        assert_eq!(env.count("DELETE", &format!("/virtualMachines/{vm}")), 1);
+
+        // In the provisioning loop: the next offer is tried and only its VM remains.
+        let offers = vec![failing.clone(), good.clone()];
+        let (chosen, jpd) = create_first_available(&compute, &offers, &instance("late-1"), None)
+            .await
+            .unwrap();
+        assert_eq!(chosen.instance.name, "Standard_D4s_v3", "{code}");
+        assert!(jpd.hostname.is_some());
+        let id = jpd.instance_id.clone();
+        assert_eq!(env.names("virtualMachines"), [id.as_str()], "{code}");
+        assert_eq!(env.names("networkInterfaces"), [format!("{id}-nic")]);
+        assert_eq!(env.names("publicIPAddresses"), [format!("{id}-ip")]);
+        assert_eq!(env.names("disks"), [format!("{id}-disk")]);
+    }
+}
+
+#[tokio::test]
+async fn failed_provisioning_state_is_no_capacity() {
+    let env = start().await;
+    env.fake
+        .lock()
+        .unwrap()
+        .fail_state
+        .insert("Standard_D2s_v3".into(), "AllocationFailed".into());
+    let compute = env.compute(json!({})).await;
+    let failing = offer(&compute, "Standard_D2s_v3", false).await;
+    let e = compute
+        .create_instance(&failing, &instance("state-0"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, BackendError::NoCapacity { message }
+            if message.contains("provisioning failed") && message.contains("AllocationFailed")),
+        "{e:?}"
+    );
+    assert_nothing_left(&env);
+    let good = offer(&compute, "Standard_E2s_v4", false).await;
+    let offers = [failing, good];
+    let (chosen, _) = create_first_available(&compute, &offers, &instance("state-1"), None)
+        .await
+        .unwrap();
+    assert_eq!(chosen.instance.name, "Standard_E2s_v4");
+    assert_eq!(env.names("virtualMachines").len(), 1);
+}
+
+#[tokio::test]
+async fn vm_create_timeout_deletes_everything() {
+    let env = start().await;
+    env.fake.lock().unwrap().vm_delay = Duration::from_secs(60);
+    let compute = env
+        .compute(json!({}))
+        .await
+        .with_vm_create_timeout(Duration::from_millis(200));
+    let offer = offer(&compute, "Standard_D2s_v3", false).await;
+    let started = Instant::now();
+    let e = compute
+        .create_instance(&offer, &instance("slow-0"), None)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        matches!(&e, BackendError::Cloud { code, message, .. }
+            if code == "Timeout" && message.contains("Timed out waiting")),
+        "{e:?}"
+    );
+    assert_nothing_left(&env);
 }
 
 #[tokio::test]
@@ -1567,4 +1933,48 @@ async fn terminate_missing_vm_succeeds() {
     assert_eq!(env.count("DELETE", "/networkInterfaces/gone-nic"), 1);
     assert_eq!(env.count("DELETE", "/publicIPAddresses/gone-ip"), 1);
     assert_eq!(env.count("DELETE", "/disks/gone-disk"), 1);
+}
+
+#[tokio::test]
+async fn sweep_lists_vms_tagged_with_the_server_id() {
+    let env = start().await;
+    let compute = env.compute(json!({})).await;
+    let offer = offer(&compute, "Standard_D2s_v3", false).await;
+    let jpd = compute
+        .create_instance(&offer, &instance("swept-0"), None)
+        .await
+        .unwrap();
+    let sweep = compute.as_sweep().unwrap();
+    let listed = sweep.list_tagged_instances(SERVER_ID).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let t = &listed[0];
+    assert_eq!(t.instance_id, jpd.instance_id);
+    assert_eq!(t.region, LOCATION);
+    assert_eq!(
+        t.dstack_instance_id.as_deref(),
+        Some(Uuid::from_u128(0x1111).to_string().as_str())
+    );
+    assert!(
+        sweep
+            .list_tagged_instances("another-server")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The listed backend data deletes the VM and what was created with it.
+    compute
+        .terminate_instance(&t.instance_id, &t.region, t.backend_data.as_deref())
+        .await
+        .unwrap();
+    assert!(env.names("virtualMachines").is_empty());
+    assert!(env.names("networkInterfaces").is_empty());
+    assert!(env.names("publicIPAddresses").is_empty());
+    assert!(env.names("disks").is_empty());
+    assert!(
+        sweep
+            .list_tagged_instances(SERVER_ID)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -10,6 +10,16 @@
 //! `subnetworks.listUsable`, `regions.list` with quotas, and Google error bodies
 //! (`{"error":{"code","message","errors":[{"reason"}],"status"}}`).
 //!
+//! Beyond the instance calls: `resourcePolicies` insert / get / delete with region operations
+//! (a policy still named by an instance's `resourcePolicies` answers 400 "is already being
+//! used by"), `reservations.aggregatedList` (the `name = "…"` of the filter picks the
+//! reservations of [`Fake::reservations`]), and the Cloud TPU v2 API under
+//! `/v2/projects/{project}/locations/{zone}`: `nodes` create (`?nodeId=`) / get / delete with
+//! long-running operations (`done: false`, then `done: true` with `response` or
+//! `error: {code, message}` — code 8 for zones in [`Fake::tpu_exhausted_zones`]; synchronous
+//! errors from [`Fake::tpu_create_errors`]); nodes go `CREATING` → `READY` (with
+//! `networkEndpoints`) on successive reads.
+//!
 //! Auth: the service-account flow of `google-cloud-auth` signs a self-signed JWT with the
 //! key (no token endpoint round trip); the fake decodes the bearer JWT and accepts only the
 //! known `client_email` as issuer (401 otherwise), or answers 403 for a "forbidden" identity.
@@ -18,7 +28,9 @@
 //! Outside the API, `GET /_fake/authorized_keys` lists the keys of every instance's `ssh-keys`
 //! metadata (`user:key` lines), i.e. what the guest agent on a real VM would authorise; the
 //! end-to-end test's "VM" (a local sshd) reads it as its `AuthorizedKeysCommand`.
-//! `GET /_fake/instances` lists the instances that exist (project, zone, name, labels).
+//! `GET /_fake/instances` lists the instances that exist (project, zone, name, labels,
+//! resourcePolicies); `GET /_fake/resource_policies` the resource policies (project, region,
+//! name).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -70,6 +82,18 @@ pub struct Fake {
     pub usable: Vec<(String, String)>,
     /// Region quotas: (region, metric, limit, usage).
     pub quotas: Vec<(String, String, f64, f64)>,
+    /// (project, zone, node id) → (TPU node, reads so far).
+    pub tpu_nodes: BTreeMap<(String, String, String), (Value, u32)>,
+    /// TPU operation name → (operation, reads so far, `google.rpc.Status` to finish with).
+    pub tpu_operations: BTreeMap<String, (Value, u32, Option<Value>)>,
+    /// Zones where TPU node creation finishes with `RESOURCE_EXHAUSTED` (code 8).
+    pub tpu_exhausted_zones: BTreeSet<String>,
+    /// Zone → synchronous `nodes.create` error: (HTTP status, status name, message).
+    pub tpu_create_errors: BTreeMap<String, (u16, String, String)>,
+    /// (project, region, name) → resource policy.
+    pub resource_policies: BTreeMap<(String, String, String), Value>,
+    /// Reservations: (project, zone, reservation).
+    pub reservations: Vec<(String, String, Value)>,
     /// Injected answers: (method, path fragment, status) consumed in order when they match.
     pub inject: VecDeque<(String, String, u16)>,
     pub log: Vec<Req>,
@@ -156,15 +180,28 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    let query = uri.query().unwrap_or_default().to_string();
     if method == Method::GET && path == "/_fake/authorized_keys" {
         return authorized_keys(&fake.lock().unwrap());
+    }
+    if method == Method::GET && path == "/_fake/resource_policies" {
+        let f = fake.lock().unwrap();
+        let list: Vec<Value> = f
+            .resource_policies
+            .keys()
+            .map(|(p, r, n)| json!({"project": p, "region": r, "name": n}))
+            .collect();
+        return ok(&json!(list));
     }
     if method == Method::GET && path == "/_fake/instances" {
         let f = fake.lock().unwrap();
         let list: Vec<Value> = f
             .instances
             .iter()
-            .map(|((p, z, n), (i, _))| json!({"project": p, "zone": z, "name": n, "labels": i["labels"]}))
+            .map(|((p, z, n), (i, _))| {
+                json!({"project": p, "zone": z, "name": n, "labels": i["labels"],
+                       "resourcePolicies": i["resourcePolicies"]})
+            })
             .collect();
         return ok(&json!(list));
     }
@@ -334,6 +371,8 @@ pub async fn handle(
                 let mut instance = body_json.clone();
                 instance["kind"] = json!("compute#instance");
                 instance["status"] = json!("PROVISIONING");
+                instance["creationTimestamp"] =
+                    json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false));
                 instance["zone"] = json!(format!(
                     "https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}"
                 ));
@@ -350,6 +389,308 @@ pub async fn handle(
             }
             let op = new_operation(&mut f, Some(zone), "insert", &name, error);
             ok(&op)
+        }
+        // region operations
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _project,
+                "regions",
+                _region,
+                "operations",
+                name,
+            ],
+        ) => advance_operation(&mut f, name),
+        // resourcePolicies.insert
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "regions",
+                region,
+                "resourcePolicies",
+            ],
+        ) => {
+            let name = body_json["name"].as_str().unwrap_or_default().to_string();
+            let key = (project.to_string(), region.to_string(), name.clone());
+            if f.resource_policies.contains_key(&key) {
+                return google_error(
+                    409,
+                    "ALREADY_EXISTS",
+                    "alreadyExists",
+                    &format!(
+                        "The resource 'projects/{project}/regions/{region}/resourcePolicies/{name}' already exists"
+                    ),
+                );
+            }
+            let mut policy = body_json.clone();
+            policy["kind"] = json!("compute#resourcePolicy");
+            policy["status"] = json!("READY");
+            f.resource_policies.insert(key, policy);
+            let mut op = new_operation(&mut f, None, "insert", &name, None);
+            op["region"] = json!(format!(
+                "https://www.googleapis.com/compute/v1/projects/{project}/regions/{region}"
+            ));
+            ok(&op)
+        }
+        // resourcePolicies.get / delete
+        (
+            "GET" | "DELETE",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "regions",
+                region,
+                "resourcePolicies",
+                name,
+            ],
+        ) => {
+            let key = (project.to_string(), region.to_string(), name.to_string());
+            let resource = format!("projects/{project}/regions/{region}/resourcePolicies/{name}");
+            let Some(policy) = f.resource_policies.get(&key).cloned() else {
+                return google_error(
+                    404,
+                    "NOT_FOUND",
+                    "notFound",
+                    &format!("The resource '{resource}' was not found"),
+                );
+            };
+            if m == "GET" {
+                return ok(&policy);
+            }
+            let user = f.instances.iter().find_map(|((p, z, n), (i, _))| {
+                i["resourcePolicies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r.as_str().is_some_and(|r| r.ends_with(&resource)))
+                    .then(|| format!("projects/{p}/zones/{z}/instances/{n}"))
+            });
+            if let Some(user) = user {
+                return google_error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "resourceInUseByAnotherResource",
+                    &format!(
+                        "The resource_policy resource '{resource}' is already being used by '{user}'"
+                    ),
+                );
+            }
+            f.resource_policies.remove(&key);
+            let op = new_operation(&mut f, None, "delete", name, None);
+            ok(&op)
+        }
+        // instances.aggregatedList
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "aggregated",
+                "instances",
+            ],
+        ) => {
+            let filter = query_param(&query, "filter").unwrap_or_default();
+            let wanted: Vec<(String, String)> = filter
+                .split("labels.")
+                .skip(1)
+                .filter_map(|term| {
+                    let (key, rest) = term.split_once('=')?;
+                    let value = rest.trim().strip_prefix('"')?.split('"').next()?;
+                    Some((key.trim().to_string(), value.to_string()))
+                })
+                .collect();
+            let mut items = serde_json::Map::new();
+            for ((p, z, _), (instance, _)) in &f.instances {
+                let matches = wanted
+                    .iter()
+                    .all(|(k, v)| instance["labels"][k.as_str()] == v.as_str());
+                if p == project && matches {
+                    let scope = items
+                        .entry(format!("zones/{z}"))
+                        .or_insert_with(|| json!({"instances": []}));
+                    scope["instances"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(instance.clone());
+                }
+            }
+            items.insert(
+                "zones/us-central1-f".into(),
+                json!({"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "no results"}}),
+            );
+            ok(&json!({"kind": "compute#instanceAggregatedList", "items": items}))
+        }
+        // reservations.aggregatedList
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "aggregated",
+                "reservations",
+            ],
+        ) => {
+            let filter = query_param(&query, "filter").unwrap_or_default();
+            let wanted = filter
+                .split("name = \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string();
+            let mut items = serde_json::Map::new();
+            for (p, z, r) in &f.reservations {
+                if p == project && r["name"] == wanted.as_str() && r["status"] == "READY" {
+                    items.insert(format!("zones/{z}"), json!({"reservations": [r]}));
+                }
+            }
+            items.insert(
+                "zones/us-central1-f".into(),
+                json!({"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "no results"}}),
+            );
+            ok(&json!({"kind": "compute#reservationAggregatedList", "items": items}))
+        }
+        // TPU nodes.create
+        ("POST", ["v2", "projects", project, "locations", zone, "nodes"]) => {
+            if let Some((code, status, message)) = f.tpu_create_errors.get(*zone).cloned() {
+                return google_error(code, &status, "tpuError", &message);
+            }
+            let Some(node_id) = query_param(&query, "nodeId") else {
+                return google_error(400, "INVALID_ARGUMENT", "badRequest", "nodeId is required");
+            };
+            let key = (project.to_string(), zone.to_string(), node_id.clone());
+            let node_name = format!("projects/{project}/locations/{zone}/nodes/{node_id}");
+            if f.tpu_nodes.contains_key(&key) {
+                return google_error(
+                    409,
+                    "ALREADY_EXISTS",
+                    "alreadyExists",
+                    &format!("Resource '{node_name}' already exists"),
+                );
+            }
+            let error = f.tpu_exhausted_zones.contains(*zone).then(|| {
+                json!({"code": 8, "message": format!(
+                    "There is no more capacity in the zone \"{zone}\"; you can try in another zone where Cloud TPU Nodes are offered"
+                )})
+            });
+            if error.is_none() {
+                let mut node = body_json.clone();
+                node["name"] = json!(node_name);
+                node["state"] = json!("CREATING");
+                f.tpu_nodes.insert(key, (node, 0));
+            }
+            f.counter += 1;
+            let op_name = format!(
+                "projects/{project}/locations/{zone}/operations/operation-{}-tpu",
+                f.counter
+            );
+            let op = json!({
+                "name": op_name,
+                "metadata": {
+                    "@type": "type.googleapis.com/google.cloud.tpu.v2.OperationMetadata",
+                    "target": node_name,
+                    "verb": "create",
+                },
+                "done": false,
+            });
+            f.tpu_operations.insert(op_name, (op.clone(), 0, error));
+            ok(&op)
+        }
+        // TPU operations.get
+        (
+            "GET",
+            [
+                "v2",
+                "projects",
+                project,
+                "locations",
+                zone,
+                "operations",
+                name,
+            ],
+        ) => {
+            let op_name = format!("projects/{project}/locations/{zone}/operations/{name}");
+            let Some((op, reads, error)) = f.tpu_operations.get_mut(&op_name) else {
+                return google_error(404, "NOT_FOUND", "notFound", "operation not found");
+            };
+            *reads += 1;
+            if *reads >= 2 {
+                op["done"] = json!(true);
+                match error {
+                    Some(e) => op["error"] = e.clone(),
+                    None => {
+                        op["response"] = json!({
+                            "@type": "type.googleapis.com/google.cloud.tpu.v2.Node",
+                            "name": op["metadata"]["target"],
+                        })
+                    }
+                }
+            }
+            ok(op)
+        }
+        // TPU nodes.get / delete
+        (
+            "GET" | "DELETE",
+            [
+                "v2",
+                "projects",
+                project,
+                "locations",
+                zone,
+                "nodes",
+                node_id,
+            ],
+        ) => {
+            let key = (project.to_string(), zone.to_string(), node_id.to_string());
+            let node_name = format!("projects/{project}/locations/{zone}/nodes/{node_id}");
+            if m == "DELETE" {
+                if f.tpu_nodes.remove(&key).is_none() {
+                    return google_error(
+                        404,
+                        "NOT_FOUND",
+                        "notFound",
+                        &format!("Resource '{node_name}' was not found"),
+                    );
+                }
+                f.counter += 1;
+                let op = json!({
+                    "name": format!("projects/{project}/locations/{zone}/operations/operation-{}-tpu", f.counter),
+                    "metadata": {"target": node_name, "verb": "delete"},
+                    "done": false,
+                });
+                return ok(&op);
+            }
+            let n = f.counter + 1;
+            let Some((node, reads)) = f.tpu_nodes.get_mut(&key) else {
+                return google_error(
+                    404,
+                    "NOT_FOUND",
+                    "notFound",
+                    &format!("Resource '{node_name}' was not found"),
+                );
+            };
+            *reads += 1;
+            if *reads >= 2 && node["state"] == "CREATING" {
+                node["state"] = json!("READY");
+                let mut endpoint = json!({"ipAddress": format!("10.130.0.{n}"), "port": 8470});
+                if node["networkConfig"]["enableExternalIps"] == true {
+                    endpoint["accessConfig"] = json!({"externalIp": format!("35.1.2.{n}")});
+                }
+                node["networkEndpoints"] = json!([endpoint]);
+            }
+            ok(node)
         }
         // instances.list
         (
@@ -469,20 +810,63 @@ pub struct FakeServer {
     pub url: String,
 }
 
-/// The `ssh-keys` metadata of every instance, one key per line.
+/// The value of `name` in a query string (percent-decoded, `+` as space).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `ssh-keys` metadata of every instance and TPU node, one key per line.
 fn authorized_keys(f: &Fake) -> Response {
     let mut out = String::new();
+    let mut values: Vec<String> = Vec::new();
     for (instance, _) in f.instances.values() {
         let items = instance["metadata"]["items"]
             .as_array()
             .cloned()
             .unwrap_or_default();
         for item in items.iter().filter(|i| i["key"] == "ssh-keys") {
-            for line in item["value"].as_str().unwrap_or_default().lines() {
-                if let Some((_, key)) = line.split_once(':') {
-                    out.push_str(key.trim());
-                    out.push('\n');
-                }
+            values.push(item["value"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for (node, _) in f.tpu_nodes.values() {
+        if let Some(v) = node["metadata"]["ssh-keys"].as_str() {
+            values.push(v.to_string());
+        }
+    }
+    for value in &values {
+        for line in value.lines() {
+            if let Some((_, key)) = line.split_once(':') {
+                out.push_str(key.trim());
+                out.push('\n');
             }
         }
     }

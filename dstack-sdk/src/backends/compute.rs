@@ -9,9 +9,13 @@
 //!   polled until the hostname is known.
 //! - [`ComputeWithRunJob`]: container backends (one container per job, no fleets).
 //! - [`ComputeWithPlacementGroups`]: cluster placement for multi-node fleets.
+//! - [`ComputeWithSweep`]: listing the VMs this server tagged, so that the engine's sweep can
+//!   terminate those the database does not know (deletion reuses
+//!   [`Compute::terminate_instance`]).
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use uuid::Uuid;
 
@@ -264,6 +268,12 @@ pub trait Compute: Send + Sync + fmt::Debug {
     fn as_placement_groups(&self) -> Option<&dyn ComputeWithPlacementGroups> {
         None
     }
+
+    /// The sweep capability (listing the instances this server tagged), when the backend
+    /// has it.
+    fn as_sweep(&self) -> Option<&dyn ComputeWithSweep> {
+        None
+    }
 }
 
 /// VM backends: create an instance that runs the host agent (fleets).
@@ -315,4 +325,57 @@ pub trait ComputeWithPlacementGroups: Compute {
         pg: &PlacementGroupProvisioningData,
         offer: &InstanceOfferWithAvailability,
     ) -> bool;
+}
+
+/// One cloud instance carrying this server's `dstack_server_id` tag (or GCP label), as
+/// [`ComputeWithSweep::list_tagged_instances`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaggedInstance {
+    /// The cloud's id of the instance: what [`Compute::terminate_instance`] takes (EC2
+    /// instance id, GCP instance name, Azure VM name).
+    pub instance_id: String,
+    /// The region (the `region` argument of [`Compute::terminate_instance`]).
+    pub region: String,
+    /// The availability zone, when the cloud places instances in one.
+    pub zone: Option<String>,
+    /// The `dstack_instance_id` tag: the instance row it was created for (`None` for
+    /// resources not created for an instance row).
+    pub dstack_instance_id: Option<String>,
+    /// The cloud's state, as the cloud spells it (e.g. `running`, `RUNNING`, `Succeeded`).
+    pub state: String,
+    /// When the cloud created it, if it says.
+    pub created_at: Option<DateTime<Utc>>,
+    /// What [`Compute::terminate_instance`] takes as `backend_data` to delete the instance
+    /// and what was created with it.
+    pub backend_data: Option<String>,
+}
+
+impl TaggedInstance {
+    /// An instance with the required fields; the rest empty.
+    pub fn new(
+        instance_id: impl Into<String>,
+        region: impl Into<String>,
+        state: impl Into<String>,
+    ) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            region: region.into(),
+            zone: None,
+            dstack_instance_id: None,
+            state: state.into(),
+            created_at: None,
+            backend_data: None,
+        }
+    }
+}
+
+/// Backends that can list the instances a server created, so that instances the database
+/// lost track of (a crash between the cloud call and the row write, a lost terminate) can be
+/// found and terminated with [`Compute::terminate_instance`].
+#[async_trait::async_trait]
+pub trait ComputeWithSweep: Compute {
+    /// The instances tagged `dstack_server_id = server_id` in every region this backend is
+    /// configured for, except those already terminated or being deleted.
+    async fn list_tagged_instances(&self, server_id: &str) -> BackendResult<Vec<TaggedInstance>>;
 }

@@ -16,11 +16,14 @@ use uuid::Uuid;
 use crate::backends::common::provision;
 use crate::backends::{self, BackendError, BackendSettings, Compute, InstanceConfiguration};
 use crate::engine::Engine;
+use crate::engine::placement_groups::FleetPlacement;
 use crate::engine::services::instances::InstanceRow;
 use crate::models::backends::AnyBackendConfigWithCreds;
 use crate::models::fleets::FleetSpec;
 use crate::models::jobs::JobProvisioningData;
 use crate::models::offers::InstanceOfferWithAvailability;
+use crate::models::profiles::Profile;
+use crate::models::resources::Requirements;
 use crate::{Error, ErrorKind};
 
 /// (project id, backend type) → (the config it was built from, the backend).
@@ -35,6 +38,10 @@ pub(crate) struct Computes {
     building: tokio::sync::Mutex<()>,
     settings: OnceLock<BackendSettings>,
 }
+
+/// Where dstack's provisioning errors point users.
+const TROUBLESHOOTING_URL: &str =
+    "https://dstack.ai/docs/guides/troubleshooting/#provisioning-fails";
 
 /// What provisioning produced for one instance.
 pub(crate) enum Provisioned {
@@ -185,7 +192,8 @@ impl Engine {
         }
     }
 
-    /// Creates a cloud instance for a PENDING instance of a cloud fleet.
+    /// Creates a cloud instance for a PENDING instance of a cloud fleet (kept at
+    /// `nodes.min`): the fleet's own resources and profile.
     pub(crate) async fn provision_cloud_instance(
         &self,
         row: &InstanceRow,
@@ -193,35 +201,48 @@ impl Engine {
         let Some(fleet_id) = &row.fleet_id else {
             return Ok(Provisioned::Failed("the instance has no fleet".into()));
         };
-        let (spec, project_name, project_key): (String, String, String) = sqlx::query_as(
-            "SELECT f.spec, p.name, p.ssh_public_key FROM fleets f JOIN projects p \
-             ON p.id = f.project_id WHERE f.id = $1",
-        )
-        .bind(fleet_id)
-        .fetch_one(self.store().reader())
-        .await?;
+        let (spec, fleet_name): (String, String) =
+            sqlx::query_as("SELECT spec, name FROM fleets WHERE id = $1")
+                .bind(fleet_id)
+                .fetch_one(self.store().reader())
+                .await?;
         let spec: FleetSpec = serde_json::from_str(&spec)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("stored fleet spec: {e}")))?;
         let profile = spec.merged_profile();
-        let conf = &spec.configuration;
-        let resources = conf.resources.clone().unwrap_or_default();
-        let requirements = crate::spec::resources::job_requirements(
-            &resources,
-            None,
-            &[],
-            &profile.params,
-            profile.params.reservation.as_deref(),
-            1,
-        );
+        let requirements = crate::spec::resources::fleet_requirements(&spec);
+        self.provision_new_capacity(row, &fleet_name, &spec, &requirements, &profile)
+            .await
+    }
+
+    /// Creates a cloud instance for `row` (a PENDING instance or a job's placeholder in a
+    /// cloud fleet): the available offers of the project's backends that satisfy
+    /// `requirements` and `profile` (backends, regions, instance types) are tried cheapest
+    /// first, at most 25 of them ([`provision::MAX_OFFERS_TRIED`]); offers skipped for
+    /// want of a placement group (cluster fleets) do not count.
+    pub(crate) async fn provision_new_capacity(
+        &self,
+        row: &InstanceRow,
+        fleet_name: &str,
+        fleet_spec: &FleetSpec,
+        requirements: &Requirements,
+        profile: &Profile,
+    ) -> crate::Result<Provisioned> {
+        let tags = fleet_spec.configuration.tags.as_ref();
+        let (project_name, project_key): (String, String) =
+            sqlx::query_as("SELECT name, ssh_public_key FROM projects WHERE id = $1")
+                .bind(&row.project_id)
+                .fetch_one(self.store().reader())
+                .await?;
         let types: Vec<(String,)> =
             sqlx::query_as("SELECT type FROM backends WHERE project_id = $1 ORDER BY created_at")
                 .bind(&row.project_id)
                 .fetch_all(self.store().reader())
                 .await?;
+        let params = &profile.params;
         let mut candidates: Vec<(Arc<dyn Compute>, InstanceOfferWithAvailability)> = Vec::new();
         let mut skipped = Vec::new();
         for (ty,) in types {
-            if let Some(allowed) = &profile.params.backends
+            if let Some(allowed) = &params.backends
                 && !allowed.iter().any(|b| b.as_str() == ty)
             {
                 continue;
@@ -230,14 +251,18 @@ impl Engine {
                 skipped.push(ty);
                 continue;
             };
-            match compute.get_offers(Some(&requirements)).await {
+            if compute.as_create_instance().is_none() {
+                // Container backends run jobs, not fleet instances.
+                continue;
+            }
+            match compute.get_offers(Some(requirements)).await {
                 Ok(offers) => {
                     for o in offers {
-                        let region_ok =
-                            profile.params.regions.as_ref().is_none_or(|r| {
-                                r.iter().any(|r| r.eq_ignore_ascii_case(&o.region))
-                            });
-                        let type_ok = profile.params.instance_types.as_ref().is_none_or(|t| {
+                        let region_ok = params
+                            .regions
+                            .as_ref()
+                            .is_none_or(|r| r.iter().any(|r| r.eq_ignore_ascii_case(&o.region)));
+                        let type_ok = params.instance_types.as_ref().is_none_or(|t| {
                             t.iter().any(|t| t.eq_ignore_ascii_case(&o.instance.name))
                         });
                         if region_ok && type_ok && o.availability.is_available() {
@@ -259,8 +284,9 @@ impl Engine {
                 )
             };
             return Ok(Provisioned::Failed(format!(
-                "No offers found for the fleet's resources in the project's backends{hint}; \
-                 check `dstack offer` and the fleet's resources, backends and regions"
+                "No offers matching the run requirements in fleet '{fleet_name}'{hint}.\n\
+                 Check `dstack offer` and the fleet's resources, backends and regions; see \
+                 {TROUBLESHOOTING_URL}"
             )));
         }
         let mut config = InstanceConfiguration::new(
@@ -269,39 +295,118 @@ impl Engine {
             row.name.clone(),
             vec![project_key.trim().to_string()],
         );
-        if let Ok(fid) = Uuid::parse_str(fleet_id) {
+        if let Some(fid) = row
+            .fleet_id
+            .as_deref()
+            .and_then(|f| Uuid::parse_str(f).ok())
+        {
             config = config.with_fleet(fid);
         }
-        if let Some(tags) = &conf.tags {
-            for (k, v) in tags {
-                config = config.with_tag(k.clone(), v.clone());
-            }
+        if let Some(r) = &requirements.reservation {
+            config = config.with_reservation(r.clone());
         }
-        let mut last = String::new();
-        for (n, (compute, offer)) in candidates.iter().enumerate() {
-            if n == provision::MAX_OFFERS_TRIED {
+        for (k, v) in tags
+            .into_iter()
+            .flatten()
+            .chain(params.tags.iter().flatten())
+        {
+            config = config.with_tag(k.clone(), v.clone());
+        }
+        let cluster = fleet_spec.configuration.placement
+            == Some(crate::models::fleets::InstanceGroupPlacement::Cluster);
+        let fleet_id = row.fleet_id.clone().unwrap_or_default();
+        let _placement_lock = if cluster {
+            Some(FleetPlacement::lock(&fleet_id).await)
+        } else {
+            None
+        };
+        let mut placement = self
+            .fleet_placement(&row.project_id, &fleet_id, fleet_name, &row.id, cluster)
+            .await?;
+        // Offers often fail with the same error: each distinct one is reported once.
+        let mut errors: Vec<(String, String)> = Vec::new();
+        let mut skipped: Vec<String> = Vec::new();
+        let mut tried = 0;
+        let mut created = None;
+        for (compute, offer) in &candidates {
+            if tried == provision::MAX_OFFERS_TRIED {
                 break;
             }
+            let pg = match placement.as_mut() {
+                Some(p) => match p.for_offer(self, &**compute, offer).await? {
+                    Ok(pg) => pg,
+                    Err(reason) => {
+                        if !skipped.contains(&reason) {
+                            skipped.push(reason);
+                        }
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            tried += 1;
             match provision::create_first_available(
                 &**compute,
                 std::slice::from_ref(offer),
                 &config,
-                None,
+                pg.as_ref(),
             )
             .await
             {
                 Ok((offer, jpd)) => {
-                    return Ok(Provisioned::Created(Box::new(jpd), Box::new(offer.clone())));
+                    created = Some((jpd, offer.clone(), pg));
+                    break;
                 }
                 Err(e @ BackendError::InvalidCredentials { .. }) => {
+                    if let Some(p) = placement {
+                        p.finish(self, None).await;
+                    }
                     return Ok(Provisioned::Failed(e.to_string()));
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => {
+                    let e = e.to_string();
+                    if !errors.iter().any(|(_, m)| *m == e) {
+                        let at = format!(
+                            "{}/{}/{}",
+                            offer.backend.as_str(),
+                            offer.region,
+                            offer.instance.name
+                        );
+                        errors.push((at, e));
+                    }
+                }
             }
         }
+        if let Some(p) = placement {
+            p.finish(self, created.as_ref().and_then(|c| c.2.as_ref()))
+                .await;
+        }
+        if let Some((jpd, offer, _)) = created {
+            return Ok(Provisioned::Created(Box::new(jpd), Box::new(offer)));
+        }
+        if tried == 0 {
+            return Ok(Provisioned::Failed(format!(
+                "None of the {} offers in fleet '{fleet_name}' could be tried: {}.\nSee \
+                 {TROUBLESHOOTING_URL}",
+                candidates.len(),
+                skipped.join("; ")
+            )));
+        }
+        let limit = if tried == provision::MAX_OFFERS_TRIED && candidates.len() > tried {
+            " (attempt limit reached)"
+        } else {
+            ""
+        };
+        let errors: Vec<String> = errors
+            .iter()
+            .take(3)
+            .map(|(at, e)| format!("{at}: {e}"))
+            .collect();
         Ok(Provisioned::Failed(format!(
-            "No capacity: {} offer(s) tried; last error: {last}",
-            candidates.len().min(provision::MAX_OFFERS_TRIED)
+            "Failed to provision in fleet '{fleet_name}': tried {tried} of {} offers{limit}, \
+             all failed.\nErrors: {}.\nSee {TROUBLESHOOTING_URL}",
+            candidates.len(),
+            errors.join("; ")
         )))
     }
 

@@ -11,8 +11,11 @@ mod cloud;
 pub mod config;
 pub mod crypto;
 mod dispatch;
+mod fleet_choice;
 mod links;
 pub mod pipelines;
+#[cfg(feature = "backends")]
+mod placement_groups;
 mod planner;
 mod read_cache;
 mod run_json_cache;
@@ -20,6 +23,8 @@ pub mod services;
 pub mod ssh_deploy;
 pub mod startup;
 pub mod store;
+#[cfg(feature = "backends")]
+pub mod sweep;
 mod time;
 
 use std::path::PathBuf;
@@ -200,6 +205,8 @@ impl Engine {
         let info = startup::run(&engine).await?;
         if engine.inner.options.pipelines.enabled {
             engine.start_pipelines();
+            #[cfg(feature = "backends")]
+            engine.start_sweep();
         }
         Ok((engine, info))
     }

@@ -4,9 +4,10 @@
 //!
 //! | step | dstack's name |
 //! |---|---|
-//! | [`instance_offers`] | `get_instance_offers_from_instances` + `filter_instances` |
-//! | [`backend_offers`] | `get_offers_by_requirements` (catalog offers per backend, disk fitting) |
-//! | [`job_plan_offers`] | `_get_job_plan`: instance offers, then backend offers, available first |
+//! | [`instance_candidates`] | `get_instance_offers_from_instances` + `filter_instances` |
+//! | [`Engine::backend_offers`] | `get_offers_by_requirements` (catalog offers per backend, disk fitting) |
+//!
+//! Which fleet a job goes to, and the plan built from it, is `fleet_choice.rs`.
 
 use std::sync::{Arc, RwLock};
 
@@ -276,115 +277,76 @@ fn shared_instance_offer(
     })
 }
 
+/// dstack's `get_instance_offers_from_instances` over `rows` (instances of one fleet, of the
+/// selected fleets, or of the whole project), cheapest first: provisioning instances (blocks
+/// unknown) are skipped, the stored offer must match the job's requirements and the profile.
+/// Shared instances (`total_blocks > 1`) offer their smallest matching share of blocks;
+/// multi-node jobs take whole instances.
+pub(crate) fn instance_candidates(
+    rows: impl IntoIterator<Item = InstanceRow>,
+    spec: &JobSpec,
+    profile: &Profile,
+) -> Vec<InstanceCandidate> {
+    let q = requirements_to_query_filter(Some(&spec.requirements), false);
+    let multinode = spec.jobs_per_replica > 1;
+    let mut out = Vec::new();
+    for row in rows {
+        if row.unreachable
+            || row.deleted
+            || !matches!(row.status, InstanceStatus::Idle | InstanceStatus::Busy)
+        {
+            continue;
+        }
+        let Some(mut offer) = row.offer() else {
+            continue;
+        };
+        // Still provisioning: whether it is shared is not known yet.
+        let Some(total_blocks) = row.total_blocks else {
+            continue;
+        };
+        if !profile_admits(
+            profile,
+            offer.backend.as_str(),
+            &offer.region,
+            &offer.instance.name,
+        ) {
+            continue;
+        }
+        if total_blocks > 1 {
+            if let Some(o) = shared_instance_offer(&row, &offer, total_blocks, multinode, &q) {
+                out.push(InstanceCandidate { row, offer: o });
+            }
+            continue;
+        }
+        if !offer_matches(&offer, &q) {
+            continue;
+        }
+        offer.blocks = 1;
+        offer.total_blocks = 1;
+        offer.availability = if row.status == InstanceStatus::Idle && row.busy_blocks == 0 {
+            InstanceAvailability::Idle
+        } else {
+            InstanceAvailability::Busy
+        };
+        out.push(InstanceCandidate { row, offer });
+    }
+    out.sort_by(|a, b| a.offer.price.total_cmp(&b.offer.price));
+    out
+}
+
 impl Engine {
-    /// Offers from existing instances of the project's fleets (offers.md §3.3), cheapest
-    /// first: unreachable, provisioning and terminating instances are skipped, the stored
-    /// offer must match the job's requirements and the profile. Shared instances
-    /// (`total_blocks > 1`) offer their smallest matching share of blocks; multi-node jobs
-    /// take whole instances of `placement: cluster` fleets only (dstack's rule).
-    pub(crate) async fn instance_offers(
+    /// The project's instances that may serve jobs: IDLE or BUSY, reachable, in a fleet.
+    pub(crate) async fn offerable_instances(
         &self,
         project_id: &str,
-        spec: &JobSpec,
-        profile: &Profile,
-    ) -> crate::Result<Vec<InstanceCandidate>> {
-        let rows: Vec<InstanceRow> = sqlx::query_as(select_instances!(
+    ) -> crate::Result<Vec<InstanceRow>> {
+        Ok(sqlx::query_as(select_instances!(
             "project_id = $1 AND deleted = FALSE AND unreachable = FALSE \
              AND fleet_id IS NOT NULL AND status IN ('IDLE', 'BUSY') ORDER BY created_at"
         ))
         .bind(project_id)
         .fetch_all(self.store().reader())
-        .await?;
-        let q = requirements_to_query_filter(Some(&spec.requirements), false);
-        let multinode = spec.jobs_per_replica > 1;
-        let fleet_names = profile
-            .params
-            .fleets
-            .as_ref()
-            .map(|f| f.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
-        let mut cluster_fleets: std::collections::HashMap<String, bool> = Default::default();
-        let mut out = Vec::new();
-        for row in rows {
-            let Some(mut offer) = row.offer() else {
-                continue;
-            };
-            // Still provisioning: whether it is shared is not known yet.
-            let Some(total_blocks) = row.total_blocks else {
-                continue;
-            };
-            if let Some(names) = &fleet_names {
-                let fleet = self.fleet_name_of(&row).await?;
-                if !names.iter().any(|n| Some(n.as_str()) == fleet.as_deref()) {
-                    continue;
-                }
-            }
-            if multinode && let Some(fid) = &row.fleet_id {
-                let cluster = match cluster_fleets.get(fid) {
-                    Some(c) => *c,
-                    None => {
-                        let c = self.fleet_is_cluster(fid).await?;
-                        cluster_fleets.insert(fid.clone(), c);
-                        c
-                    }
-                };
-                if !cluster {
-                    continue;
-                }
-            }
-            if !profile_admits(
-                profile,
-                offer.backend.as_str(),
-                &offer.region,
-                &offer.instance.name,
-            ) {
-                continue;
-            }
-            if total_blocks > 1 {
-                if let Some(o) = shared_instance_offer(&row, &offer, total_blocks, multinode, &q) {
-                    out.push(InstanceCandidate { row, offer: o });
-                }
-                continue;
-            }
-            if !offer_matches(&offer, &q) {
-                continue;
-            }
-            offer.blocks = 1;
-            offer.total_blocks = 1;
-            offer.availability = if row.status == InstanceStatus::Idle && row.busy_blocks == 0 {
-                InstanceAvailability::Idle
-            } else {
-                InstanceAvailability::Busy
-            };
-            out.push(InstanceCandidate { row, offer });
-        }
-        out.sort_by(|a, b| a.offer.price.total_cmp(&b.offer.price));
-        Ok(out)
-    }
-
-    /// Whether a fleet's configuration has `placement: cluster`.
-    async fn fleet_is_cluster(&self, fleet_id: &str) -> crate::Result<bool> {
-        let r: Option<(String,)> = sqlx::query_as("SELECT spec FROM fleets WHERE id = $1")
-            .bind(fleet_id)
-            .fetch_optional(self.store().reader())
-            .await?;
-        Ok(
-            r.and_then(|(s,)| serde_json::from_str::<crate::models::fleets::FleetSpec>(&s).ok())
-                .is_some_and(|s| {
-                    s.configuration.placement
-                        == Some(crate::models::fleets::InstanceGroupPlacement::Cluster)
-                }),
-        )
-    }
-
-    async fn fleet_name_of(&self, row: &InstanceRow) -> crate::Result<Option<String>> {
-        let Some(fid) = &row.fleet_id else {
-            return Ok(None);
-        };
-        let r: Option<(String,)> = sqlx::query_as("SELECT name FROM fleets WHERE id = $1")
-            .bind(fid)
-            .fetch_optional(self.store().reader())
-            .await?;
-        Ok(r.map(|r| r.0))
+        .await?)
     }
 
     /// New-capacity offers from every backend of the project, merged by price (gpuhunt's
@@ -443,35 +405,6 @@ impl Engine {
             }
         }
         Ok(out)
-    }
-
-    /// The offers of a job's plan and their untruncated count: instance offers first, then
-    /// backend offers (unless `instances_only`), a stable available-first sort, then the cut
-    /// at `max_offers`.
-    pub(crate) async fn job_plan_offers(
-        &self,
-        project_id: &str,
-        spec: &JobSpec,
-        profile: &Profile,
-        max_offers: usize,
-        instances_only: bool,
-    ) -> crate::Result<(Vec<InstanceOfferWithAvailability>, usize)> {
-        let mut offers: Vec<InstanceOfferWithAvailability> = self
-            .instance_offers(project_id, spec, profile)
-            .await?
-            .into_iter()
-            .map(|c| c.offer)
-            .collect();
-        if !instances_only {
-            offers.extend(
-                self.backend_offers(project_id, &spec.requirements, profile)
-                    .await?,
-            );
-        }
-        offers.sort_by_key(|o| !o.availability.is_available());
-        let total = offers.len();
-        offers.truncate(max_offers);
-        Ok((offers, total))
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, CapacityReservationSpecification, CapacityReservationTarget,
-    CapacityReservationType, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
+    CapacityReservationType, EbsBlockDevice, IamInstanceProfileSpecification,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceNetworkInterfaceSpecification, InstanceStateName, MarketType, Placement, ResourceType,
     SpotInstanceType, SpotMarketOptions, VolumeType,
@@ -18,7 +18,7 @@ use super::errors::{code_of, map_sdk_error};
 use super::images::find_image;
 use super::networking::{ensure_security_group, resolve, tag_spec};
 use crate::backends::common::cloud_init::{AgentBootstrap, render_cloud_config};
-use crate::backends::common::tags::{ResourceTags, TAG_SERVER_ID};
+use crate::backends::common::tags::ResourceTags;
 use crate::backends::compute::{InstanceConfiguration, PlacementGroupProvisioningData};
 use crate::backends::error::{BackendError, BackendResult};
 use crate::models::backends::BackendType;
@@ -745,52 +745,6 @@ async fn already_gone(compute: &AwsCompute, region: &str, instance_id: &str) -> 
                 )
             }),
         Err(e) => code_of(&e) == Some("InvalidInstanceID.NotFound"),
-    }
-}
-
-/// Ids of this server's instances in `region` that are not terminated.
-pub async fn list_tagged(compute: &AwsCompute, region: &str) -> BackendResult<Vec<String>> {
-    let ec2 = compute.region(region).ec2;
-    let mut ids = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let t = token.clone();
-        let out = compute
-            .call("DescribeInstances", || {
-                let ec2 = ec2.clone();
-                let t = t.clone();
-                let server = Filter::builder()
-                    .name(format!("tag:{TAG_SERVER_ID}"))
-                    .values(&compute.settings.server_id)
-                    .build();
-                let state = Filter::builder()
-                    .name("instance-state-name")
-                    .values("pending")
-                    .values("running")
-                    .values("stopping")
-                    .values("stopped")
-                    .build();
-                async move {
-                    ec2.describe_instances()
-                        .filters(server)
-                        .filters(state)
-                        .set_next_token(t)
-                        .send()
-                        .await
-                        .map_err(map_sdk_error)
-                }
-            })
-            .await?;
-        ids.extend(
-            out.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(|i| i.instance_id().map(str::to_string)),
-        );
-        match out.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => return Ok(ids),
-        }
     }
 }
 

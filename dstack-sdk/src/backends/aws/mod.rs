@@ -10,6 +10,7 @@
 //! | [`instances`] | `RunInstances` per zone with fall-through, polling, termination, EIPs, spot |
 //! | [`placement`] | cluster placement groups |
 //! | [`cache`] | TTL caches (with coalescing) for the image, network and security group lookups |
+//! | [`sweep`] | the instances this server tagged, in every configured region (for the engine's sweep) |
 //!
 //! Every call is counted ([`AwsCompute::api_calls`]) and runs through the shared back-off
 //! (throttling such as `RequestLimitExceeded` is retried). The per-instance lookups (AMI,
@@ -23,6 +24,7 @@ pub mod instances;
 pub mod networking;
 pub mod offers;
 pub mod placement;
+pub mod sweep;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,8 +32,8 @@ use indexmap::IndexMap;
 
 use crate::backends::common::settings::BackendSettings;
 use crate::backends::compute::{
-    Capabilities, Compute, ComputeWithCreateInstance, ComputeWithPlacementGroups,
-    InstanceConfiguration, PlacementGroupConfig, PlacementGroupProvisioningData,
+    Capabilities, Compute, ComputeWithCreateInstance, ComputeWithPlacementGroups, ComputeWithSweep,
+    InstanceConfiguration, PlacementGroupConfig, PlacementGroupProvisioningData, TaggedInstance,
 };
 use crate::backends::error::{BackendError, BackendResult};
 use crate::models::backends::BackendType;
@@ -49,7 +51,7 @@ pub struct AwsCompute {
     settings: BackendSettings,
     clients: AwsClients,
     calls: AtomicU64,
-    facts: offers::FactsCache,
+    facts: offers::OfferFactsCache,
     lookups: cache::LookupCache,
 }
 
@@ -76,7 +78,7 @@ impl AwsCompute {
             settings,
             clients,
             calls: AtomicU64::new(0),
-            facts: offers::FactsCache::default(),
+            facts: offers::OfferFactsCache::default(),
             lookups: cache::LookupCache::default(),
         })
     }
@@ -114,12 +116,6 @@ impl AwsCompute {
         Fut: std::future::Future<Output = BackendResult<T>>,
     {
         errors::call(&self.settings.retry, what, &self.calls, op).await
-    }
-
-    /// Instances this server created in `region` (by the `dstack_server_id` tag) that are not
-    /// terminated: what a sweep compares with the database.
-    pub async fn list_tagged_instances(&self, region: &str) -> BackendResult<Vec<String>> {
-        instances::list_tagged(self, region).await
     }
 }
 
@@ -212,6 +208,18 @@ impl Compute for AwsCompute {
     fn as_placement_groups(&self) -> Option<&dyn ComputeWithPlacementGroups> {
         Some(self)
     }
+
+    fn as_sweep(&self) -> Option<&dyn ComputeWithSweep> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl ComputeWithSweep for AwsCompute {
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "aws"))]
+    async fn list_tagged_instances(&self, server_id: &str) -> BackendResult<Vec<TaggedInstance>> {
+        sweep::list_tagged_instances(self, server_id).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -256,6 +264,9 @@ impl ComputeWithPlacementGroups for AwsCompute {
         pg: &PlacementGroupProvisioningData,
         offer: &InstanceOfferWithAvailability,
     ) -> bool {
-        pg.region == offer.region && instances::supports_cluster(&offer.instance.name)
+        // dstack's `_offer_supports_placement_group`: burstable t2/t3 cannot join a cluster
+        // placement group; everything else can (EFA is a separate question).
+        let name = &offer.instance.name;
+        pg.region == offer.region && !name.starts_with("t2.") && !name.starts_with("t3.")
     }
 }

@@ -4,20 +4,27 @@
 //!
 //! A quota that cannot be read (no permission, emulator without Service Quotas) gives
 //! `unknown` availability, as dstack does; a known quota below the offer's vCPUs gives
-//! `no_quota`; a type offered in no zone gives `not_available`. Both are cached per region
-//! for [`FACTS_TTL`].
+//! `no_quota`; a type offered in no zone gives `not_available`.
+//!
+//! Both are cached per region in [`OfferFactsCache`] (coalesced, successes only): quotas for
+//! [`QUOTAS_TTL`] (dstack's `_regions_to_quotas_cache`: 600 s), zones for [`ZONES_TTL`]
+//! (dstack's `_regions_to_zones_cache` never expires), fetched once for every catalog type of
+//! the region and refetched when the `aws` catalog's version changes. A quota that cannot be
+//! read for a non-transient reason (no permission, no Service Quotas) is cached as unknown,
+//! like dstack's empty quota dict; a transient failure is retried on the next call.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, LocationType};
 
 use super::AwsCompute;
+use super::cache::TtlCache;
 use super::errors::map_sdk_error;
 use crate::backends::common::offers::{DiskSizing, catalog_offers};
 use crate::backends::common::retry::Backoff;
-use crate::backends::error::BackendResult;
+use crate::backends::error::{BackendError, BackendResult};
 use crate::models::backends::BackendType;
 use crate::models::offers::{InstanceAvailability, InstanceOfferWithAvailability};
 use crate::models::resources::Requirements;
@@ -66,8 +73,8 @@ pub fn quota_code(instance_type: &str, spot: bool) -> &'static str {
     }
 }
 
-/// Quota code → vCPU limit for a region; `None` when the quotas cannot be read.
-async fn region_quotas(compute: &AwsCompute, region: &str) -> Option<HashMap<String, f64>> {
+/// Quota code → vCPU limit for a region.
+async fn region_quotas(compute: &AwsCompute, region: &str) -> BackendResult<HashMap<String, f64>> {
     let quotas = compute.region(region).quotas;
     let mut out = HashMap::new();
     let mut token: Option<String> = None;
@@ -91,14 +98,7 @@ async fn region_quotas(compute: &AwsCompute, region: &str) -> Option<HashMap<Str
                 }
             },
         )
-        .await;
-        let page = match page {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(region, error = %e, "service quotas unavailable; availability unknown");
-                return None;
-            }
-        };
+        .await?;
         for q in page.quotas() {
             if let (Some(code), Some(v)) = (q.quota_code(), q.value()) {
                 out.insert(code.to_string(), v);
@@ -106,17 +106,17 @@ async fn region_quotas(compute: &AwsCompute, region: &str) -> Option<HashMap<Str
         }
         match page.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => return Some(out),
+            _ => return Ok(out),
         }
     }
 }
 
-/// Instance type → zones where it is offered; `None` when the call fails.
+/// Instance type → zones where it is offered, for `types` of `region`.
 async fn region_zones(
     compute: &AwsCompute,
     region: &str,
     types: &BTreeSet<String>,
-) -> Option<HashMap<String, BTreeSet<String>>> {
+) -> BackendResult<HashMap<String, BTreeSet<String>>> {
     let ec2 = compute.region(region).ec2;
     let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
     let values: Vec<String> = types.iter().cloned().collect();
@@ -142,14 +142,7 @@ async fn region_zones(
                             .map_err(map_sdk_error)
                     }
                 })
-                .await;
-            let page = match page {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(region, error = %e, "cannot list instance type zones");
-                    return None;
-                }
-            };
+                .await?;
             for o in page.instance_type_offerings() {
                 if let (Some(t), Some(z)) = (o.instance_type(), o.location()) {
                     out.entry(t.as_str().to_string())
@@ -163,53 +156,89 @@ async fn region_zones(
             }
         }
     }
-    Some(out)
+    Ok(out)
 }
 
-/// How long quotas and zones are reused between `get_offers` calls.
-pub const FACTS_TTL: Duration = Duration::from_secs(300);
+/// How long a region's quotas are reused (dstack: 600 s).
+pub const QUOTAS_TTL: Duration = Duration::from_secs(600);
+/// How long a region's zones per instance type are reused (dstack caches them for the
+/// server's lifetime; an hour picks up new offerings without a restart).
+pub const ZONES_TTL: Duration = Duration::from_secs(3600);
 
-/// What availability is computed from, per region (cached for [`FACTS_TTL`]).
-#[derive(Debug, Clone)]
-pub struct RegionFacts {
-    fetched: Instant,
-    types: BTreeSet<String>,
-    /// Quota code → vCPU limit; `None` when unreadable.
-    pub quotas: Option<HashMap<String, f64>>,
-    /// Instance type → zones; `None` when unreadable.
-    pub zones: Option<HashMap<String, BTreeSet<String>>>,
+/// Quota code → vCPU limit; `None` when the quotas cannot be read.
+pub type RegionQuotas = Option<Arc<HashMap<String, f64>>>;
+/// Instance type → zones where it is offered.
+pub type RegionZones = Arc<HashMap<String, BTreeSet<String>>>;
+
+/// The availability facts of one [`AwsCompute`], by region: Service Quotas and zones per
+/// instance type (the latter keyed by region and `aws` catalog version).
+#[derive(Debug)]
+pub struct OfferFactsCache {
+    quotas: TtlCache<String, RegionQuotas>,
+    zones: TtlCache<(String, String), RegionZones>,
 }
 
-/// The cache of [`RegionFacts`] by region.
-#[derive(Debug, Default)]
-pub struct FactsCache(Mutex<HashMap<String, RegionFacts>>);
-
-async fn region_facts(compute: &AwsCompute, region: &str, types: &BTreeSet<String>) -> RegionFacts {
-    let cached = {
-        let cache = match compute.facts.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        cache.get(region).cloned()
-    };
-    if let Some(f) = cached
-        && f.fetched.elapsed() < FACTS_TTL
-        && types.is_subset(&f.types)
-    {
-        return f;
+impl Default for OfferFactsCache {
+    fn default() -> Self {
+        Self {
+            quotas: TtlCache::new(QUOTAS_TTL),
+            zones: TtlCache::new(ZONES_TTL),
+        }
     }
-    let facts = RegionFacts {
-        fetched: Instant::now(),
-        types: types.clone(),
-        quotas: region_quotas(compute, region).await,
-        zones: region_zones(compute, region, types).await,
-    };
-    let mut cache = match compute.facts.0.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    cache.insert(region.to_string(), facts.clone());
-    facts
+}
+
+/// The region's quotas, from the cache or Service Quotas.
+async fn cached_quotas(compute: &AwsCompute, region: &str) -> RegionQuotas {
+    let fetched = compute
+        .facts
+        .quotas
+        .get_or_try_fetch(region.to_string(), || async {
+            match region_quotas(compute, region).await {
+                Ok(q) => Ok(Some(Arc::new(q))),
+                Err(e) if e.is_retryable() => Err(e),
+                Err(e) => {
+                    tracing::debug!(region, error = %e, "service quotas unavailable; availability unknown");
+                    Ok::<_, BackendError>(None)
+                }
+            }
+        })
+        .await;
+    fetched.unwrap_or_else(|e| {
+        tracing::debug!(region, error = %e, "cannot read service quotas now; availability unknown");
+        None
+    })
+}
+
+/// The region's zones per instance type, for every supported `aws` catalog type of the
+/// region (one fetch per region and catalog version); `None` when they cannot be listed.
+async fn cached_zones(compute: &AwsCompute, region: &str) -> Option<RegionZones> {
+    let catalog = compute.settings.catalog.snapshot();
+    let provider = catalog.provider("aws");
+    let version = provider
+        .map(|p| p.version().to_string())
+        .unwrap_or_default();
+    let experimental = compute.config.experimental_instance_types.as_deref();
+    let fetched = compute
+        .facts
+        .zones
+        .get_or_try_fetch((region.to_string(), version), || async {
+            let types: BTreeSet<String> = provider
+                .map(|p| p.items())
+                .unwrap_or_default()
+                .iter()
+                .filter(|i| &*i.location == region && is_supported(&i.instance_name, experimental))
+                .map(|i| i.instance_name.to_string())
+                .collect();
+            region_zones(compute, region, &types).await.map(Arc::new)
+        })
+        .await;
+    match fetched {
+        Ok(z) => Some(z),
+        Err(e) => {
+            tracing::warn!(region, error = %e, "cannot list instance type zones");
+            None
+        }
+    }
 }
 
 /// The backend's offers for `requirements`, cheapest first.
@@ -228,22 +257,18 @@ pub async fn get_offers(
         compute.config.regions.as_deref(),
         |item| is_supported(&item.instance_name, experimental),
     )?;
-    let mut by_region: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for o in &offers {
-        by_region
-            .entry(o.region.clone())
-            .or_default()
-            .insert(o.instance.name.clone());
-    }
-    let mut facts: HashMap<String, RegionFacts> = HashMap::new();
-    for (region, types) in &by_region {
-        facts.insert(region.clone(), region_facts(compute, region, types).await);
+    let regions: BTreeSet<&str> = offers.iter().map(|o| o.region.as_str()).collect();
+    let mut facts: HashMap<String, (RegionQuotas, Option<RegionZones>)> = HashMap::new();
+    for region in regions {
+        let quotas = cached_quotas(compute, region).await;
+        let zones = cached_zones(compute, region).await;
+        facts.insert(region.to_string(), (quotas, zones));
     }
     let mut out = Vec::with_capacity(offers.len());
     for offer in offers {
         let (quotas, zones) = facts
             .get(&offer.region)
-            .map(|f| (f.quotas.as_ref(), f.zones.as_ref()))
+            .map(|(q, z)| (q.as_deref(), z.as_deref()))
             .unwrap_or((None, None));
         let name = offer.instance.name.clone();
         let cpus = offer.instance.resources.cpus as f64;

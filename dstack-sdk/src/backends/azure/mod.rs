@@ -2,13 +2,14 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | [`auth`] | access tokens: client secret, or the default chain (environment, managed identity); cached |
+//! | [`auth`] | access tokens: client secret, or the default chain (environment, workload identity, managed identity, Azure CLI); cached |
 //! | [`arm`] | the ARM REST client: `api-version`s, retries, error bodies, long-running operations |
 //! | [`errors`] | ARM errors → [`BackendError`] (capacity and quota codes → `NoCapacity`) |
 //! | [`network`] | resource group, NSG, virtual network and subnet per location (`vpc_ids`, `subnet_ids`, `public_ips`) |
 //! | [`images`] | dstack's community gallery images (CPU, CUDA, GRID) |
 //! | [`offers`] | catalog offers of supported sizes, availability from resource SKU restrictions |
 //! | [`vms`] | VM creation (public IP, NIC, VM), polling, termination |
+//! | [`sweep`] | the VMs this server tagged (for the engine's sweep) |
 //!
 //! The ARM generated crates are frozen on a legacy `azure_core`, so the ~12 calls are written
 //! by hand over `reqwest`. Endpoint overrides: `azure.management` (ARM), `azure.login` (the
@@ -21,6 +22,7 @@ pub mod errors;
 pub mod images;
 pub mod network;
 pub mod offers;
+pub mod sweep;
 pub mod vms;
 
 use std::collections::HashMap;
@@ -33,8 +35,8 @@ use self::network::{NetworkChoice, is_valid_tag, split_id};
 use self::offers::LocationSkus;
 use crate::backends::common::settings::BackendSettings;
 use crate::backends::compute::{
-    Capabilities, Compute, ComputeWithCreateInstance, InstanceConfiguration,
-    PlacementGroupProvisioningData,
+    Capabilities, Compute, ComputeWithCreateInstance, ComputeWithSweep, InstanceConfiguration,
+    PlacementGroupProvisioningData, TaggedInstance,
 };
 use crate::backends::error::{BackendError, BackendResult};
 use crate::models::backends::BackendType;
@@ -48,6 +50,9 @@ use crate::models::resources::Requirements;
 pub const DEFAULT_LRO_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long `terminate_instance` waits for a deletion before answering `NotYetTerminated`.
 pub const DEFAULT_TERMINATE_WAIT: Duration = Duration::from_secs(30);
+/// How long `create_instance` waits for the VM's creation to finish (dstack waits on the
+/// poller with `timeout=600`).
+pub const DEFAULT_VM_CREATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The Azure backend.
 #[derive(Debug)]
@@ -57,6 +62,7 @@ pub struct AzureCompute {
     arm: ArmClient,
     lro_timeout: Duration,
     terminate_wait: Duration,
+    vm_create_timeout: Duration,
     networks: Mutex<HashMap<String, NetworkChoice>>,
     images: Mutex<HashMap<String, String>>,
     skus: Mutex<HashMap<String, LocationSkus>>,
@@ -70,10 +76,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AzureCompute {
-    /// Builds the backend (checks the config; makes no Azure call).
+    /// Builds the backend (checks the config; makes no Azure call). Default credentials read
+    /// the process environment.
     pub async fn new(
         config: AzureBackendConfigWithCreds,
         settings: BackendSettings,
+    ) -> BackendResult<Self> {
+        Self::new_with_env(config, settings, |k| std::env::var(k).ok()).await
+    }
+
+    /// [`AzureCompute::new`] with the environment default credentials read (`AZURE_*`
+    /// variables, `PATH` for the Azure CLI) given by `env`.
+    pub async fn new_with_env(
+        config: AzureBackendConfigWithCreds,
+        settings: BackendSettings,
+        env: impl Fn(&str) -> Option<String>,
     ) -> BackendResult<Self> {
         if let Some(tags) = &config.tags
             && let Some((k, _)) = tags.iter().find(|(k, v)| !is_valid_tag(k, v))
@@ -103,15 +120,14 @@ impl AzureCompute {
             .timeout(settings.request_timeout)
             .build()
             .map_err(|e| BackendError::Transport(e.to_string()))?;
-        let env = |k: &str| std::env::var(k).ok();
-        let source = TokenSource::resolve(&config.creds, &config.tenant_id, env);
-        let authority = authority_host(&settings.endpoints, env);
+        let sources = TokenSource::chain(&config.creds, &config.tenant_id, &env);
+        let authority = authority_host(&settings.endpoints, &env);
         let imds = settings
             .endpoints
             .get("azure", "imds")
             .unwrap_or(DEFAULT_IMDS)
             .to_string();
-        let tokens = TokenProvider::new(source, authority, imds, client.clone(), settings.retry);
+        let tokens = TokenProvider::new(sources, authority, imds, client.clone(), settings.retry);
         let base = settings
             .endpoints
             .get("azure", "management")
@@ -130,6 +146,7 @@ impl AzureCompute {
             arm,
             lro_timeout: DEFAULT_LRO_TIMEOUT,
             terminate_wait: DEFAULT_TERMINATE_WAIT,
+            vm_create_timeout: DEFAULT_VM_CREATE_TIMEOUT,
             networks: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             skus: Mutex::new(HashMap::new()),
@@ -151,6 +168,13 @@ impl AzureCompute {
         self
     }
 
+    /// Sets how long `create_instance` waits for the VM's creation before deleting it and
+    /// failing (default [`DEFAULT_VM_CREATE_TIMEOUT`]).
+    pub fn with_vm_create_timeout(mut self, timeout: Duration) -> Self {
+        self.vm_create_timeout = timeout;
+        self
+    }
+
     /// HTTP requests sent to ARM so far (each attempt counts; for metrics and tests).
     pub fn api_calls(&self) -> u64 {
         self.arm.calls()
@@ -161,9 +185,14 @@ impl AzureCompute {
         &self.config
     }
 
-    /// Where tokens come from.
-    pub fn token_source(&self) -> &TokenSource {
-        self.arm.tokens().source()
+    /// Where tokens may come from, in the order they are tried.
+    pub fn token_sources(&self) -> &[TokenSource] {
+        self.arm.tokens().sources()
+    }
+
+    /// The source that yielded the tokens, once one has.
+    pub async fn active_token_source(&self) -> Option<TokenSource> {
+        self.arm.tokens().active_source().await
     }
 
     /// The resource group VMs of `project` go into: `resource_group`, else `dstack-<project>`.
@@ -285,6 +314,18 @@ impl Compute for AzureCompute {
 
     fn as_create_instance(&self) -> Option<&dyn ComputeWithCreateInstance> {
         Some(self)
+    }
+
+    fn as_sweep(&self) -> Option<&dyn ComputeWithSweep> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl ComputeWithSweep for AzureCompute {
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "azure"))]
+    async fn list_tagged_instances(&self, server_id: &str) -> BackendResult<Vec<TaggedInstance>> {
+        sweep::list_tagged_instances(self, server_id).await
     }
 }
 

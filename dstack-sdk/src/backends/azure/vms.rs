@@ -9,26 +9,41 @@
 //!    `evictionPolicy: Delete` and `billingProfile.maxPrice: -1` for spot offers, and the
 //!    `vm_managed_identity` when configured.
 //!
-//! It does not wait for the VM: it looks once at the operation, so failures ARM reports at
-//! once are caught; capacity and quota errors (`SkuNotAvailable`, `AllocationFailed`,
-//! `OperationNotAllowed`, …) become `NoCapacity` after what was created is deleted, so the
-//! caller tries its next offer.
+//! Like dstack (`_create_instance_and_wait`), it then waits for the VM's creation, at most
+//! the VM create timeout (600 s by default, as dstack's `poller.result(timeout=600)`):
+//! - the operation fails (`AllocationFailed`, `OverconstrainedAllocationRequest`,
+//!   `ZonalAllocationFailed`, `SkuNotAvailable`, …; see
+//!   [`CAPACITY_CODES`](super::errors::CAPACITY_CODES)) → `NoCapacity`, other codes → a
+//!   cloud error;
+//! - the operation succeeds but the VM's `provisioningState` is `Failed` → `NoCapacity`;
+//! - the timeout passes → a cloud error (`Timeout`).
+//!
+//! In each case the VM, its NIC, public IP and OS disk are deleted first, so nothing is left
+//! and the caller tries its next offer. A synchronous rejection of the `PUT` (e.g.
+//! `SkuNotAvailable`, `OperationNotAllowed` for quota) is handled the same way. Once the VM
+//! exists, the hostname (the public IP, or the private IP with `public_ips: false`) is
+//! filled in at once, as dstack does.
 //!
 //! `update_provisioning_data` reads the VM: `Creating` → nothing yet; `Succeeded` → the NIC's
 //! private IP and the public IP's address; `Failed` or gone (deleted, evicted) → everything
 //! is deleted and a `Provisioning` error says why.
+//!
+//! Zones: dstack 0.22.5 creates regional VMs (no `zones`; "TODO: Support custom
+//! availability_zones" in its `compute.py`), and so does this backend.
 //!
 //! `terminate_instance` deletes the VM, then the NIC, the public IP and the OS disk; a
 //! missing resource counts as deleted. While Azure is still deleting, it answers
 //! `NotYetTerminated`.
 
 use base64::Engine as _;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AzureCompute;
-use super::arm::{LroStatus, api};
-use super::errors::ArmError;
+use super::arm::{ArmResponse, LroStatus, api};
+use super::errors::{ArmError, PROVIDER};
 use super::images::{IMAGE_USER, ImageVariant, image_id};
 use super::network::{arm_tags, resolve};
 use super::offers::MAX_DISK_GB;
@@ -291,25 +306,29 @@ pub async fn create_instance(
             return Err(e.into());
         }
     };
-    // One look at the operation: allocation failures often come back at once.
-    match compute.arm.poll_once(&resp, api::COMPUTE).await {
-        Ok(LroStatus::Failed(e)) => {
-            tracing::info!(vm = %name, error = %e, "VM creation failed");
-            delete_vm_and_wait(compute, &rg, &name).await;
-            cleanup(compute, &data, false).await;
-            return Err(e.into());
-        }
-        Ok(_) => {}
-        Err(e) => tracing::debug!(vm = %name, error = %e, "cannot read the VM operation yet"),
+    tracing::info!(vm = %name, location, size, spot, "VM requested; waiting for it");
+    if let Err(e) = wait_for_vm(compute, &resp, &rg, &name).await {
+        tracing::info!(vm = %name, error = %e, "VM creation failed; deleting what was created");
+        delete_vm_and_wait(compute, &rg, &name).await;
+        cleanup(compute, &data, true).await;
+        return Err(e);
     }
-    tracing::info!(vm = %name, location, size, spot, "VM requested");
+    // The VM exists: its addresses are known now (a failed read leaves them to polling).
+    let (internal_ip, hostname) = match addresses(compute, &data, public).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(vm = %name, error = %e, "cannot read the VM's addresses yet");
+            (private_ip_of(&nic), None)
+        }
+    };
+    tracing::info!(vm = %name, location, size, spot, "VM created");
     Ok(JobProvisioningData {
         backend: BackendType::Azure,
         base_backend: None,
         instance_type: offer.instance.clone(),
         instance_id: name,
-        hostname: None,
-        internal_ip: private_ip_of(&nic),
+        hostname,
+        internal_ip,
         public_ip_enabled: public,
         instance_network: None,
         region: location.to_string(),
@@ -323,6 +342,76 @@ pub async fn create_instance(
         backend_data: data.to_json(),
         gpu_driver: None,
     })
+}
+
+/// Waits for the VM creation `resp` started, at most the VM create timeout, and checks the
+/// VM's `provisioningState` (see the module docs for the errors).
+async fn wait_for_vm(
+    compute: &AzureCompute,
+    resp: &ArmResponse,
+    rg: &str,
+    name: &str,
+) -> BackendResult<()> {
+    let timeout = compute.vm_create_timeout;
+    match compute.arm.wait(resp, api::COMPUTE, timeout).await? {
+        LroStatus::Succeeded => {}
+        LroStatus::Failed(e) => return Err(e.into()),
+        LroStatus::InProgress => {
+            return Err(BackendError::Cloud {
+                provider: PROVIDER.into(),
+                code: "Timeout".into(),
+                message: format!(
+                    "Timed out waiting for instance {name} launch ({}s)",
+                    timeout.as_secs_f64()
+                ),
+                retryable: false,
+            });
+        }
+    }
+    let path = format!("{}?$expand=instanceView", vm_path(compute, rg, name));
+    let vm = compute.arm.get(&path, api::COMPUTE).await?;
+    match vm
+        .pointer("/properties/provisioningState")
+        .and_then(Value::as_str)
+    {
+        Some(s) if s.eq_ignore_ascii_case("failed") => Err(BackendError::NoCapacity {
+            message: format!("VM {name} provisioning failed: {}", failure_reason(&vm)),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The NIC's private IP and the hostname: the public IP's address with `public`, else the
+/// private IP.
+async fn addresses(
+    compute: &AzureCompute,
+    data: &AzureInstanceData,
+    public: bool,
+) -> BackendResult<(Option<String>, Option<String>)> {
+    let rg = &data.resource_group;
+    let nic = compute
+        .arm
+        .get(&nic_path(compute, rg, &data.nic), api::NETWORK)
+        .await?;
+    let private_ip = private_ip_of(&nic);
+    let hostname = if public {
+        let ip_id = nic
+            .pointer("/properties/ipConfigurations/0/properties/publicIPAddress/id")
+            .and_then(Value::as_str);
+        match ip_id {
+            Some(id) => compute
+                .arm
+                .get(id, api::NETWORK)
+                .await?
+                .pointer("/properties/ipAddress")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            None => None,
+        }
+    } else {
+        private_ip.clone()
+    };
+    Ok((private_ip, hostname))
 }
 
 fn private_ip_of(nic: &Value) -> Option<String> {
@@ -350,20 +439,22 @@ async fn delete_vm_and_wait(compute: &AzureCompute, rg: &str, name: &str) {
     }
 }
 
-/// Best-effort deletion of the NIC, the public IP and (with `disk`) the OS disk; failures
-/// are logged (the resources carry the instance's tags for a sweep).
+/// Best-effort deletion of the NIC, the public IP and (with `disk`) the OS disk, waiting up
+/// to the LRO timeout for each; failures are logged (the resources carry the instance's tags
+/// for a sweep).
 async fn cleanup(compute: &AzureCompute, data: &AzureInstanceData, disk: bool) {
-    if let Err(e) = delete_rest(compute, data, disk).await {
+    if let Err(e) = delete_rest(compute, data, disk, compute.lro_timeout).await {
         tracing::warn!(nic = %data.nic, public_ip = ?data.public_ip, error = %e, "cleanup incomplete; resources may be left");
     }
 }
 
-/// Deletes the NIC, then the public IP, then (with `disk`) the OS disk, waiting for each;
-/// `NotYetTerminated` when one is still in use or being deleted.
+/// Deletes the NIC, then the public IP, then (with `disk`) the OS disk, waiting up to `wait`
+/// for each; `NotYetTerminated` when one is still in use or being deleted.
 async fn delete_rest(
     compute: &AzureCompute,
     data: &AzureInstanceData,
     disk: bool,
+    wait: Duration,
 ) -> BackendResult<()> {
     let rg = &data.resource_group;
     let mut targets = vec![(nic_path(compute, rg, &data.nic), api::NETWORK, "NIC")];
@@ -384,11 +475,7 @@ async fn delete_rest(
             }
             Err(e) => return Err(e.into()),
         };
-        match compute
-            .arm
-            .wait(&resp, version, compute.terminate_wait)
-            .await?
-        {
+        match compute.arm.wait(&resp, version, wait).await? {
             LroStatus::Succeeded => {}
             LroStatus::InProgress => {
                 return Err(BackendError::NotYetTerminated {
@@ -499,28 +586,7 @@ pub async fn update_provisioning_data(
         }
         _ => return Ok(()),
     }
-    let nic = compute
-        .arm
-        .get(&nic_path(compute, rg, &data.nic), api::NETWORK)
-        .await?;
-    let private_ip = private_ip_of(&nic);
-    let hostname = if jpd.public_ip_enabled {
-        let ip_id = nic
-            .pointer("/properties/ipConfigurations/0/properties/publicIPAddress/id")
-            .and_then(Value::as_str);
-        match ip_id {
-            Some(id) => compute
-                .arm
-                .get(id, api::NETWORK)
-                .await?
-                .pointer("/properties/ipAddress")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            None => None,
-        }
-    } else {
-        private_ip.clone()
-    };
+    let (private_ip, hostname) = addresses(compute, &data, jpd.public_ip_enabled).await?;
     jpd.internal_ip = private_ip;
     if hostname.is_none() {
         return Ok(());
@@ -570,7 +636,7 @@ pub async fn terminate(
     } else {
         tracing::info!(vm = name, "VM not found; deleting what is left");
     }
-    delete_rest(compute, &data, true).await
+    delete_rest(compute, &data, true, compute.terminate_wait).await
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 //! `DSTACK_ENDPOINT_URL_GCP[_COMPUTE]`).
 //!
 //! Zone and global operations are read through the `get_operation` call each client carries,
-//! so no separate operations clients are built.
+//! so no separate operations clients are built. The APIs the crate is not built with (Cloud
+//! TPU, resource policies, reservations) go through [`GcpRest`] with the same credentials.
 
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_compute_v1::client::{Firewalls, Instances, Regions, Subnetworks};
 
+use super::rest::GcpRest;
 use crate::backends::common::settings::BackendSettings;
 use crate::backends::error::{BackendError, BackendResult};
 
@@ -23,6 +25,8 @@ pub struct GcpClients {
     pub subnetworks: Subnetworks,
     /// `regions` (validation, quotas).
     pub regions: Regions,
+    /// Cloud TPU, resource policies and reservations (REST, same credentials).
+    pub rest: GcpRest,
     /// The endpoint override in use, if any.
     pub endpoint: Option<String>,
 }
@@ -68,6 +72,7 @@ impl GcpClients {
             firewalls: build_client!(Firewalls, "firewalls", credentials, ep),
             subnetworks: build_client!(Subnetworks, "subnetworks", credentials, ep),
             regions: build_client!(Regions, "regions", credentials, ep),
+            rest: GcpRest::new(credentials, settings)?,
             endpoint,
         })
     }

@@ -9,6 +9,12 @@
 //! account. The insert operation is awaited for a short while (capacity errors arrive within
 //! seconds); a pool-exhausted or quota error moves on to the next zone (quota: to the next
 //! offer at once).
+//!
+//! With a placement group the instance gets the group's resource policy
+//! ([`placement`](super::placement)); with a `reservation` it gets the reservation's affinity
+//! in each zone that has it ([`reservations`](super::reservations)). TPU offers are created as
+//! TPU nodes instead ([`tpu`](super::tpu)), and TPU rows (`is_tpu` in `backend_data`) are
+//! polled and deleted through the TPU API.
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -23,7 +29,7 @@ use super::networking::{
 use super::operations::{Waited, wait_zone_operation};
 use crate::backends::common::cloud_init::{AgentBootstrap, render_cloud_config};
 use crate::backends::common::tags::ResourceTags;
-use crate::backends::compute::InstanceConfiguration;
+use crate::backends::compute::{InstanceConfiguration, PlacementGroupProvisioningData};
 use crate::backends::error::{BackendError, BackendResult};
 use crate::models::backends::BackendType;
 use crate::models::jobs::JobProvisioningData;
@@ -65,7 +71,7 @@ pub const ACCELERATORS: &[(&str, &str, i64)] = &[
 pub struct GcpInstanceData {
     /// The zone the instance is in.
     pub zone: String,
-    /// Always false (TPU nodes are not created by this backend).
+    /// Whether the instance is a Cloud TPU node (polled and deleted through the TPU API).
     #[serde(default)]
     pub is_tpu: bool,
     /// Whether the instance has an external IP (absent in dstack's data: true).
@@ -259,6 +265,7 @@ pub async fn create_instance(
     compute: &GcpCompute,
     offer: &InstanceOfferWithAvailability,
     config: &InstanceConfiguration,
+    placement_group: Option<&PlacementGroupProvisioningData>,
 ) -> BackendResult<JobProvisioningData> {
     let region = offer.region.as_str();
     let instance_type = offer.instance.name.as_str();
@@ -270,11 +277,17 @@ pub async fn create_instance(
             message: format!("{instance_type} in {region}: no eligible availability zones"),
         });
     }
+    if super::tpu::is_tpu_offer(offer) {
+        // dstack creates the runner firewall rule before its TPU branch too.
+        let network = plan(compute, region, instance_type).await?;
+        ensure_ssh_firewall(compute, &network.network).await?;
+        return super::tpu::create_node(compute, offer, config, &zones, &network).await;
+    }
     let gpu = resources.gpus.first();
     if gpu.is_some_and(|g| g.vendor == AcceleratorVendor::Google) {
-        return Err(BackendError::Unsupported(
-            "GCP TPU nodes are not supported by this backend".into(),
-        ));
+        return Err(BackendError::Unsupported(format!(
+            "{instance_type}: not a TPU type this backend can create"
+        )));
     }
     let attachable = gpu.and_then(|g| {
         if ["H100", "A100", "L4"].contains(&g.name.as_str()) {
@@ -315,9 +328,26 @@ pub async fn create_instance(
         .max(20);
     let name = unique_instance_name(config);
     let project = compute.config.project_id.clone();
+    let placement_policy = placement_group
+        .map(|pg| super::placement::policy_resource_name(&project, region, &pg.name));
+    let reservations = match &config.reservation {
+        Some(r) => Some(super::reservations::find(compute, r).await?),
+        None => None,
+    };
 
     let mut failures: Vec<String> = Vec::new();
     for zone in &zones {
+        let reservation = match (&config.reservation, &reservations) {
+            (Some(r), Some(by_zone)) => match by_zone.get(zone) {
+                Some(res) => Some(res),
+                None => {
+                    tracing::warn!(reservation = %r, %zone, "reservation no longer exists in zone");
+                    failures.push(format!("{zone}: reservation {r} not found"));
+                    continue;
+                }
+            },
+            _ => None,
+        };
         let body = instance_body(&InsertParams {
             name: &name,
             zone,
@@ -338,6 +368,13 @@ pub async fn create_instance(
             public_ips,
             service_account: compute.config.vm_service_account.as_deref(),
         });
+        let mut body = body;
+        if let Some(p) = &placement_policy {
+            body["resourcePolicies"] = json!([p]);
+        }
+        if let Some(res) = reservation {
+            super::reservations::apply_to_instance(&mut body, res, zone, &project);
+        }
         let instance: google_cloud_compute_v1::model::Instance = serde_json::from_value(body)
             .map_err(|e| BackendError::cloud("gcp", "Serialize", e.to_string()))?;
         let inserted = compute
@@ -427,6 +464,9 @@ pub async fn update_provisioning_data(
     jpd: &mut JobProvisioningData,
 ) -> BackendResult<()> {
     let data = GcpInstanceData::parse(jpd.backend_data.as_deref(), &jpd.region);
+    if data.is_tpu {
+        return super::tpu::update_provisioning_data(compute, jpd, &data).await;
+    }
     let project = compute.config.project_id.clone();
     let name = jpd.instance_id.clone();
     let got = compute
@@ -498,9 +538,7 @@ pub async fn terminate(
 ) -> BackendResult<()> {
     let data = GcpInstanceData::parse(backend_data, region);
     if data.is_tpu {
-        return Err(BackendError::Unsupported(
-            "GCP TPU nodes are not supported by this backend".into(),
-        ));
+        return super::tpu::terminate(compute, instance_id, &data).await;
     }
     let project = compute.config.project_id.clone();
     let result = compute

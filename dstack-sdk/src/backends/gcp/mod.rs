@@ -9,6 +9,11 @@
 //! | [`offers`] | catalog offers merged per region with their zones, GPU quotas |
 //! | [`networking`] | VPC / shared VPC / subnetworks, the SSH firewall rule |
 //! | [`instances`] | `instances.insert` per zone with fall-through, polling, deletion |
+//! | [`tpu`] | Cloud TPU VMs (TPU v2 API): TPU offers, node creation per zone, polling, deletion |
+//! | [`placement`] | cluster placement groups as `COLLOCATED` resource policies |
+//! | [`reservations`] | specific reservations: offer narrowing, `reservationAffinity` |
+//! | [`rest`] | REST calls for the APIs the Compute Engine crate is not built with |
+//! | [`sweep`] | the instances this server labelled (for the engine's sweep) |
 //!
 //! Every call runs through the shared back-off (429, 5xx and transport errors are retried)
 //! and is counted ([`GcpCompute::api_calls`]).
@@ -20,14 +25,19 @@ pub mod instances;
 pub mod networking;
 pub mod offers;
 pub mod operations;
+pub mod placement;
+pub mod reservations;
+pub mod rest;
+pub mod sweep;
+pub mod tpu;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backends::common::settings::BackendSettings;
 use crate::backends::compute::{
-    Capabilities, Compute, ComputeWithCreateInstance, InstanceConfiguration,
-    PlacementGroupProvisioningData,
+    Capabilities, Compute, ComputeWithCreateInstance, ComputeWithPlacementGroups, ComputeWithSweep,
+    InstanceConfiguration, PlacementGroupConfig, PlacementGroupProvisioningData, TaggedInstance,
 };
 use crate::backends::error::{BackendError, BackendResult};
 use crate::models::backends::BackendType;
@@ -51,6 +61,7 @@ pub struct GcpCompute {
     calls: AtomicU64,
     subnets: networking::SubnetCache,
     quotas: offers::QuotaCache,
+    reservations: reservations::ReservationCache,
 }
 
 impl fmt::Debug for GcpCompute {
@@ -94,9 +105,6 @@ impl GcpCompute {
         }
         let (credentials, identity) = auth::build_credentials(&config.creds)?;
         let clients = GcpClients::new(&credentials, &settings).await?;
-        if config.tpu.unwrap_or(false) {
-            tracing::warn!("tpu: true is set, but TPU nodes are not supported by this backend");
-        }
         Ok(Self {
             config,
             settings,
@@ -106,6 +114,7 @@ impl GcpCompute {
             calls: AtomicU64::new(0),
             subnets: networking::SubnetCache::default(),
             quotas: offers::QuotaCache::default(),
+            reservations: reservations::ReservationCache::default(),
         })
     }
 
@@ -145,6 +154,21 @@ impl GcpCompute {
     {
         errors::call(&self.settings.retry, what, &self.calls, op).await
     }
+
+    /// Runs one REST call ([`rest::GcpRest::request`]) with the shared back-off and counts it.
+    async fn rest(
+        &self,
+        what: &str,
+        method: reqwest::Method,
+        url: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> BackendResult<serde_json::Value> {
+        self.call(what, || {
+            self.clients.rest.request(method.clone(), url, query, body)
+        })
+        .await
+    }
 }
 
 #[async_trait::async_trait]
@@ -157,6 +181,8 @@ impl Compute for GcpCompute {
         Capabilities {
             create_instance: true,
             multinode: true,
+            placement_groups: true,
+            reservation: true,
             privileged: true,
             instance_volumes: true,
             ..Capabilities::default()
@@ -236,6 +262,22 @@ impl Compute for GcpCompute {
     fn as_create_instance(&self) -> Option<&dyn ComputeWithCreateInstance> {
         Some(self)
     }
+
+    fn as_placement_groups(&self) -> Option<&dyn ComputeWithPlacementGroups> {
+        Some(self)
+    }
+
+    fn as_sweep(&self) -> Option<&dyn ComputeWithSweep> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl ComputeWithSweep for GcpCompute {
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "gcp", project = %self.config.project_id))]
+    async fn list_tagged_instances(&self, server_id: &str) -> BackendResult<Vec<TaggedInstance>> {
+        sweep::list_tagged_instances(self, server_id).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -253,9 +295,33 @@ impl ComputeWithCreateInstance for GcpCompute {
         config: &InstanceConfiguration,
         placement_group: Option<&PlacementGroupProvisioningData>,
     ) -> BackendResult<JobProvisioningData> {
-        if placement_group.is_some() {
-            tracing::debug!("placement groups are not supported on GCP yet; ignoring");
-        }
-        instances::create_instance(self, offer, config).await
+        instances::create_instance(self, offer, config, placement_group).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ComputeWithPlacementGroups for GcpCompute {
+    #[tracing::instrument(level = "info", skip_all, fields(backend = "gcp", name = %config.name, region = %config.region))]
+    async fn create_placement_group(
+        &self,
+        config: &PlacementGroupConfig,
+    ) -> BackendResult<PlacementGroupProvisioningData> {
+        placement::create(self, config).await
+    }
+
+    #[tracing::instrument(level = "info", skip_all, fields(backend = "gcp", name = %pg.name, region = %pg.region))]
+    async fn delete_placement_group(
+        &self,
+        pg: &PlacementGroupProvisioningData,
+    ) -> BackendResult<()> {
+        placement::delete(self, pg).await
+    }
+
+    fn is_suitable_placement_group(
+        &self,
+        pg: &PlacementGroupProvisioningData,
+        offer: &InstanceOfferWithAvailability,
+    ) -> bool {
+        placement::is_suitable(pg, offer)
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! As dstack: an offer whose GPU quota (`NVIDIA_<GPU>_GPUS`, `PREEMPTIBLE_…` for spot) is
 //! below its GPU count is `no_quota`, everything else `unknown` (GCP does not tell capacity
-//! ahead). Quotas that cannot be read leave every offer `unknown`. TPUs are not offered (the
-//! Cloud TPU API is not part of this backend yet).
+//! ahead). Quotas that cannot be read leave every offer `unknown`. Single-host TPUs are
+//! offered with `tpu: true` (dstack's `allow_tpu`); they are not limited by a GPU quota. With
+//! a `reservation` in the requirements the offers are narrowed to the reservation's zones
+//! ([`reservations::apply_to_offers`](super::reservations::apply_to_offers)).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,17 +45,19 @@ pub const SUPPORTED_FAMILIES: &[&str] = &[
 /// How long region quotas are reused.
 pub const QUOTAS_TTL: Duration = Duration::from_secs(120);
 
-/// Whether a catalog row is provisioned by this backend (dstack's
-/// `_is_supported_gcp_instance`, TPUs excluded).
-pub fn is_supported(instance_name: &str, gpu_name: Option<&str>, gpu_vendor: Option<&str>) -> bool {
-    if gpu_vendor == Some("google")
-        || instance_name.starts_with("v2-")
-        || instance_name.starts_with("v3-")
-        || instance_name.starts_with("v4-")
-        || instance_name.starts_with("v5")
-        || instance_name.starts_with("v6e-")
-    {
-        return false;
+/// Whether a catalog row is provisioned by this backend (dstack's catalog filter and
+/// `_is_supported_gcp_instance`): TPU rows (vendor `google` or a TPU type name) only with
+/// `allow_tpu` and only single-host TPU types.
+pub fn is_supported(
+    instance_name: &str,
+    gpu_name: Option<&str>,
+    gpu_vendor: Option<&str>,
+    allow_tpu: bool,
+) -> bool {
+    if gpu_vendor == Some("google") || super::tpu::is_tpu_name(instance_name) {
+        return allow_tpu
+            && super::tpu::is_tpu_name(instance_name)
+            && super::tpu::is_single_host_tpu(instance_name);
     }
     if SUPPORTED_FAMILIES
         .iter()
@@ -169,6 +173,7 @@ pub async fn get_offers(
 ) -> BackendResult<Vec<InstanceOfferWithAvailability>> {
     let catalog = compute.settings.catalog.snapshot();
     let regions = compute.config.regions.clone();
+    let allow_tpu = compute.config.tpu.unwrap_or(false);
     let offers = catalog_offers(
         &catalog,
         "gcp",
@@ -187,6 +192,7 @@ pub async fn get_offers(
                 &item.instance_name,
                 item.gpu_name.as_deref(),
                 item.gpu_vendor.map(|v| v.as_str()),
+                allow_tpu,
             )
         },
     )?;
@@ -254,6 +260,10 @@ pub async fn get_offers(
         o.availability_zones = Some(zones);
         out.push(o);
     }
+    if let Some(reservation) = requirements.and_then(|r| r.reservation.as_deref()) {
+        let by_zone = super::reservations::find(compute, reservation).await?;
+        out = super::reservations::apply_to_offers(out, &by_zone);
+    }
     Ok(out)
 }
 
@@ -264,15 +274,25 @@ mod tests {
 
     #[test]
     fn families_and_zones() {
-        assert!(is_supported("e2-standard-4", None, None));
-        assert!(is_supported("n1-standard-4", Some("T4"), Some("nvidia")));
-        assert!(!is_supported("n1-standard-4", None, None));
-        assert!(!is_supported("n1-standard-4", Some("K80"), Some("nvidia")));
-        assert!(!is_supported(
-            "v5litepod-1",
-            Some("v5litepod"),
-            Some("google")
+        assert!(is_supported("e2-standard-4", None, None, false));
+        assert!(is_supported(
+            "n1-standard-4",
+            Some("T4"),
+            Some("nvidia"),
+            false
         ));
+        assert!(!is_supported("n1-standard-4", None, None, false));
+        assert!(!is_supported(
+            "n1-standard-4",
+            Some("K80"),
+            Some("nvidia"),
+            false
+        ));
+        let tpu = |name: &str, allow| is_supported(name, Some(name), Some("google"), allow);
+        assert!(!tpu("v5litepod-1", false));
+        assert!(tpu("v5litepod-8", true));
+        assert!(!tpu("v5litepod-16", true));
+        assert!(!tpu("v4-8", true));
         assert_eq!(zone_region("us-central1-a"), "us-central1");
         assert_eq!(zone_region("us-central1"), "us-central1");
         assert_eq!(zone_region("europe-west4-b"), "europe-west4");

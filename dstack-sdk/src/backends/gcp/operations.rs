@@ -122,3 +122,59 @@ pub async fn wait_global_operation(compute: &GcpCompute, op: &Operation) -> Back
             .await?;
     }
 }
+
+/// `Err` for a `DONE` operation (REST JSON) with errors.
+fn check_done_json(op: &serde_json::Value) -> BackendResult<()> {
+    let Some(errors) = op["error"]["errors"].as_array().filter(|e| !e.is_empty()) else {
+        return Ok(());
+    };
+    let codes: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e["code"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let http = op["httpErrorStatusCode"]
+        .as_i64()
+        .and_then(|c| i32::try_from(c).ok());
+    Err(operation_error(&codes, http))
+}
+
+/// Waits for a region operation read over REST (`resourcePolicies.insert` / `delete`).
+pub async fn wait_region_operation_rest(
+    compute: &GcpCompute,
+    region: &str,
+    op: &serde_json::Value,
+) -> BackendResult<Waited> {
+    let started = Instant::now();
+    let mut op = op.clone();
+    loop {
+        if op["status"] == "DONE" {
+            check_done_json(&op)?;
+            return Ok(Waited::Done);
+        }
+        if started.elapsed() >= compute.polling.timeout {
+            return Ok(Waited::TimedOut);
+        }
+        let Some(name) = op["name"].as_str().map(str::to_string) else {
+            return Ok(Waited::TimedOut);
+        };
+        tokio::time::sleep(compute.polling.interval).await;
+        let url = compute.clients.rest.compute_url(&format!(
+            "projects/{}/regions/{region}/operations/{name}",
+            compute.config.project_id
+        ));
+        op = compute
+            .rest(
+                "regionOperations.get",
+                reqwest::Method::GET,
+                &url,
+                &[],
+                None,
+            )
+            .await?;
+    }
+}

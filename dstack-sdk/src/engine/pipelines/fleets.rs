@@ -82,7 +82,33 @@ struct Consolidated {
     created: usize,
 }
 
+/// A terminating fleet whose instances are all gone deletes its placement groups before it
+/// is finalised; `false` while one is left (the cloud may still see it in use).
+#[cfg(feature = "backends")]
+async fn placement_groups_gone(engine: &Engine, id: &str) -> crate::Result<bool> {
+    let (project_id, status, alive): (String, String, i64) = sqlx::query_as(
+        "SELECT f.project_id, f.status, (SELECT COUNT(*) FROM instances i WHERE \
+         i.fleet_id = f.id AND i.deleted = FALSE AND i.status <> 'TERMINATED') \
+         FROM fleets f WHERE f.id = $1",
+    )
+    .bind(id)
+    .fetch_one(engine.store().reader())
+    .await?;
+    if status != "TERMINATING" {
+        return Ok(true);
+    }
+    if alive > 0 {
+        // Not before the instances are gone (the fleet is not finalised before either).
+        return Ok(false);
+    }
+    engine.delete_fleet_placement_groups(&project_id, id).await
+}
+
 async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()> {
+    #[cfg(feature = "backends")]
+    let groups_gone = placement_groups_gone(engine, id).await?;
+    #[cfg(not(feature = "backends"))]
+    let groups_gone = true;
     let now_t = time::now();
     let now = time::to_db(now_t);
     // One transaction on the single writer: every check and write sees the same state, and
@@ -141,7 +167,7 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
             .await?;
         }
     }
-    if created == 0 && fleet.status == "TERMINATING" {
+    if created == 0 && fleet.status == "TERMINATING" && groups_gone {
         let (alive,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM instances WHERE fleet_id = $1 AND deleted = FALSE \
              AND status <> 'TERMINATED'",
@@ -200,7 +226,7 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
 }
 
 /// The lowest instance number not in `taken` (dstack's `get_next_instance_num`).
-fn next_instance_num(taken: &[i64]) -> i64 {
+pub(crate) fn next_instance_num(taken: &[i64]) -> i64 {
     let mut n = 0;
     while taken.contains(&n) {
         n += 1;

@@ -50,6 +50,7 @@ impl Pipeline for InstancePipeline {
              skip_min_processing_interval = FALSE \
              WHERE id IN (SELECT id FROM instances WHERE deleted = FALSE \
                AND status IN ('PENDING', 'PROVISIONING', 'IDLE', 'BUSY', 'TERMINATING') \
+               AND NOT (status = 'PENDING' AND provisioning_job_id IS NOT NULL) \
                AND (lock_expires_at IS NULL OR lock_expires_at < $4) \
                AND (lock_owner IS NULL OR lock_owner = $3) \
                AND (skip_min_processing_interval = TRUE \
@@ -175,7 +176,7 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
 }
 
 enum Finish {
-    /// Deployed: IDLE with the host's resources.
+    /// Deployed: IDLE with the host's resources (BUSY when a job holds blocks already).
     Idle(Box<Deployed>),
     /// Failed: TERMINATED with a reason and message.
     Terminated(InstanceTerminationReason, String),
@@ -285,9 +286,10 @@ async fn finish(engine: &Engine, row: &InstanceRow, token: &str, f: Finish) -> c
             .unwrap_or(1);
             let jpd = jpd.and_then(|j| serde_json::to_string(&j).ok());
             let offer = offer.and_then(|o| serde_json::to_string(&o).ok());
-            tracing::info!(instance = %row.name, cpus = d.resources.cpus, memory_mib = d.resources.memory_mib, gpus = d.resources.gpus.len(), "instance is idle");
+            tracing::info!(instance = %row.name, cpus = d.resources.cpus, memory_mib = d.resources.memory_mib, gpus = d.resources.gpus.len(), busy_blocks = row.busy_blocks, "instance is up");
             sqlx::query(
-                "UPDATE instances SET status = 'IDLE', job_provisioning_data = $1, offer = $2, \
+                "UPDATE instances SET status = CASE WHEN busy_blocks > 0 THEN 'BUSY' ELSE 'IDLE' END, \
+                 job_provisioning_data = $1, offer = $2, \
                  total_blocks = $3, started_at = $4, last_processed_at = $4, \
                  lock_token = NULL, lock_expires_at = NULL, lock_owner = NULL \
                  WHERE id = $5 AND lock_token = $6 AND status = $7",

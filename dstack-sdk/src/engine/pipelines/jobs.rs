@@ -1,9 +1,11 @@
 //! `JobPipeline` and `RunPipeline` (dstack-api.md §4.1–4.2, §5.2–5.5), first slice for SSH
 //! fleets:
 //!
-//! * a **submitted** job gets the cheapest matching IDLE instance of the project's fleets
-//!   (the instance turns BUSY, the job `provisioning`), or fails with
-//!   `failed_to_start_due_to_no_capacity` when there is none;
+//! * a **submitted** job goes to the fleet dstack would choose (`fleet_choice.rs`): it takes
+//!   the cheapest free instance or share of blocks there (the instance turns BUSY, the job
+//!   `provisioning`); a cloud fleet without one provisions new capacity for the job
+//!   (`new_capacity.rs`); with no fleet at all, or `nodes.max` reached, the job fails with
+//!   `failed_to_start_due_to_no_capacity`;
 //! * a **provisioning** job is started through an SSH tunnel to the instance's agent: shim
 //!   task submit, runner submit and run (→ `running`);
 //! * a **running** job is pulled every tick; logs are stored per submission, and a final
@@ -19,18 +21,24 @@ use tracing::Instrument;
 use crate::agent::client::{RunnerClient, ShimClient};
 use crate::agent::protocol::runner::{JobInfoResponse, JobState, SubmitBody};
 use crate::agent::protocol::shim::{TaskConfig, TaskStatus, TerminateRequest};
+use crate::engine::fleet_choice::ChoiceOptions;
 use crate::engine::services::instances::{InstanceRow, select_instances};
 use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db, select_jobs};
 use crate::engine::{Engine, time};
+use crate::models::instances::InstanceStatus;
 use crate::models::jobs::{
     JobProvisioningData, JobRuntimeData, JobSpec, JobStatus, JobTerminationReason,
 };
 use crate::models::offers::InstanceOfferWithAvailability;
-use crate::models::profiles::RetryEvent;
+use crate::models::profiles::{CreationPolicy, RetryEvent};
 use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
 use crate::{Error, ErrorKind};
 
 use super::{Lease, Pipeline, PipelineKind, db_before};
+
+/// New capacity for a job: placeholder instances in cloud fleets.
+#[path = "new_capacity.rs"]
+mod new_capacity;
 
 /// Jobs on container backends (`run_job`: Kubernetes): see its module docs.
 #[cfg(feature = "backends")]
@@ -165,7 +173,8 @@ async fn set_job_status(
 
 /// Gives a job's blocks back to its instance (dstack's `_release_instance`): `busy_blocks`
 /// drops by the job's share (`job_runtime_data.offer.blocks`, 1 without one) and the instance
-/// is IDLE again once no block is busy. Exactly once per job (`instance_released`), so it is
+/// is IDLE again once no block is busy (an instance still provisioning for the job becomes
+/// IDLE once it is up). Exactly once per job (`instance_released`), so it is
 /// called *before* the job's final status is written: a tick cut off in between redoes it.
 async fn release_instance(engine: &Engine, job: &JobRow, instance_id: &str) -> crate::Result<()> {
     let blocks = job_blocks(job);
@@ -183,8 +192,9 @@ async fn release_instance(engine: &Engine, job: &JobRow, instance_id: &str) -> c
     }
     sqlx::query(
         "UPDATE instances SET busy_blocks = MAX(busy_blocks - $1, 0), \
-         status = CASE WHEN busy_blocks - $1 <= 0 THEN 'IDLE' ELSE status END, \
-         last_processed_at = $2 WHERE id = $3 AND status = 'BUSY'",
+         status = CASE WHEN status = 'BUSY' AND busy_blocks - $1 <= 0 THEN 'IDLE' \
+         ELSE status END, last_processed_at = $2 \
+         WHERE id = $3 AND status IN ('PROVISIONING', 'BUSY')",
     )
     .bind(blocks)
     .bind(time::to_db(time::now()))
@@ -273,6 +283,11 @@ async fn process_job(engine: &Engine, id: &str, token: &str) -> crate::Result<()
     }
 }
 
+/// SUBMITTED: dstack's assignment (`jobs_submitted.py`). The run's fleet is chosen as for
+/// its plan ([`Engine::find_optimal_fleet`], only available offers); the job takes the
+/// cheapest free instance (or share of blocks) of that fleet. A cloud fleet without one gets
+/// a placeholder instance for the job ([`new_capacity`]), which the next tick provisions.
+/// Without any fleet, a container backend (Kubernetes) may run the job directly.
 async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::Result<()> {
     let spec = job.spec()?;
     let project_id: (String,) = sqlx::query_as("SELECT project_id FROM jobs WHERE id = $1")
@@ -284,6 +299,13 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         .ok_or_else(Error::not_found)?;
     let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    // A placeholder is reserved: create the cloud instance for it.
+    if let Some(iid) = job.instance_id.clone() {
+        #[cfg(feature = "backends")]
+        return new_capacity::provision(engine, job, &iid, &spec, &run_spec).await;
+        #[cfg(not(feature = "backends"))]
+        return new_capacity::provision(engine, job, &iid).await;
+    }
     let profile = run_spec.merged_profile();
     // Multi-node: the master (job 0) picks the fleet; the other nodes wait for it and then
     // take other whole instances of that fleet.
@@ -296,13 +318,44 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         tracing::debug!(job = %job.id, "waiting for the master job to get an instance");
         return Ok(());
     }
-    let candidates = engine
-        .idle_instances_for(&project_id.0, &spec, &profile)
+    let reuse = profile.params.creation_policy == Some(CreationPolicy::Reuse);
+    let opts = ChoiceOptions {
+        exclude_not_available: true,
+        skip_backend_offers: reuse,
+        skip_backend_offers_on_pool_capacity: true,
+    };
+    let choice = engine
+        .find_optimal_fleet(&project_id.0, &run_spec, &spec, run_fleet.as_deref(), opts)
         .await?;
-    for (inst, offer) in candidates {
-        if multinode && run_fleet.is_some() && inst.fleet_id != run_fleet {
-            continue;
+    let Some(choice) = choice else {
+        #[cfg(feature = "backends")]
+        match container_jobs::run_on_backend(engine, job, token, &project_id.0, &run, &run_spec)
+            .await?
+        {
+            container_jobs::Launch::Started => return Ok(()),
+            container_jobs::Launch::Failed(message) => {
+                return no_capacity(engine, job, &message).await;
+            }
+            container_jobs::Launch::NoOffers => {}
         }
+        #[cfg(not(feature = "backends"))]
+        let _ = token;
+        let message = if profile.params.fleets.is_some() {
+            "Failed to use specified fleets"
+        } else {
+            "No matching fleet found. Possible reasons: \
+             https://dstack.ai/docs/guides/troubleshooting/#no-fleets"
+        };
+        return no_capacity(engine, job, message).await;
+    };
+    if choice.instance_offers.is_empty() {
+        if reuse {
+            return no_capacity(engine, job, "Could not reuse any instance for this job").await;
+        }
+        return new_capacity::reserve_placeholder(engine, job, &project_id.0, &choice.fleet).await;
+    }
+    for c in choice.instance_offers {
+        let (inst, offer) = (c.row, c.offer);
         let blocks = offer.blocks.max(1);
         let jrd = prepare_job_runtime_data(&offer);
         let now = time::to_db(time::now());
@@ -356,31 +409,20 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         engine.hint(PipelineKind::Jobs);
         return Ok(());
     }
-    #[cfg(feature = "backends")]
-    match container_jobs::run_on_backend(engine, job, token, &project_id.0, &run, &run_spec).await?
-    {
-        container_jobs::Launch::Started => return Ok(()),
-        container_jobs::Launch::Failed(message) => {
-            return set_job_status(
-                engine,
-                &job.id,
-                JobStatus::Failed,
-                Some(JobTerminationReason::FailedToStartDueToNoCapacity),
-                Some(&message),
-                None,
-            )
-            .await;
-        }
-        container_jobs::Launch::NoOffers => {}
-    }
-    #[cfg(not(feature = "backends"))]
-    let _ = token;
+    // Every free instance was taken meanwhile: choose again on a later tick (dstack resets
+    // the job's lock for a retry rather than provisioning in a fleet that may not be best).
+    tracing::debug!(job = %job.id, "the chosen instances were taken; retrying assignment");
+    Ok(())
+}
+
+/// Fails a submitted job with `failed_to_start_due_to_no_capacity`.
+async fn no_capacity(engine: &Engine, job: &JobRow, message: &str) -> crate::Result<()> {
     set_job_status(
         engine,
         &job.id,
         JobStatus::Failed,
         Some(JobTerminationReason::FailedToStartDueToNoCapacity),
-        Some("No matching fleet found"),
+        Some(message),
         None,
     )
     .await
@@ -404,6 +446,39 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         return start_runner(engine, job).await;
     }
     let inst = job_instance(engine, job).await?;
+    if inst.deleted || inst.status == InstanceStatus::Terminated {
+        // dstack's `_wait_for_instance_provisioning_data`: the job's instance is gone.
+        return set_job_status(
+            engine,
+            &job.id,
+            JobStatus::Terminating,
+            Some(JobTerminationReason::WaitingInstanceLimitExceeded),
+            Some("Instance is terminated"),
+            None,
+        )
+        .await;
+    }
+    if matches!(
+        inst.status,
+        InstanceStatus::Pending | InstanceStatus::Provisioning
+    ) {
+        // New capacity still coming up: the instance pipeline deploys it (or gives up at its
+        // deadline, which ends this wait above).
+        return Ok(());
+    }
+    // The instance's provisioning data is final now (new capacity got its address): the job
+    // shows it, and clients attach with it.
+    if inst.job_provisioning_data.is_some()
+        && inst.job_provisioning_data != job.job_provisioning_data
+    {
+        let mut tx = engine.store().begin().await?;
+        sqlx::query("UPDATE jobs SET job_provisioning_data = $1 WHERE id = $2")
+            .bind(&inst.job_provisioning_data)
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
     let run = run_row(engine, &job.run_id)
         .await?
         .ok_or_else(Error::not_found)?;
@@ -422,9 +497,10 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         .as_deref()
         .map(str::trim)
         .filter(|k| !k.is_empty());
-    let jpd: Option<serde_json::Value> = job
+    let jpd: Option<serde_json::Value> = inst
         .job_provisioning_data
         .as_deref()
+        .or(job.job_provisioning_data.as_deref())
         .and_then(|s| serde_json::from_str(s).ok());
     let host_user = jpd
         .as_ref()
@@ -936,10 +1012,24 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         .as_deref()
         .and_then(JobTerminationReason::from_wire)
         .unwrap_or(JobTerminationReason::TerminatedByUser);
-    if job.instance_id.is_some() {
-        let inst = job_instance(engine, job).await?;
-        match AgentLink::open(engine, &inst, &job.id).await {
-            Ok(link) => {
+    let inst = match job.instance_id.as_deref() {
+        Some(iid) => instance_row(engine, iid).await?,
+        None => None,
+    };
+    if let Some(inst) = inst.as_ref().filter(|i| i.is_placeholder()) {
+        // Never provisioned: the reservation goes away with the job.
+        new_capacity::drop_placeholder(engine, job, inst).await?;
+    } else if let Some(inst) = inst {
+        // An instance still coming up has no agent to stop yet.
+        let up = matches!(inst.status, InstanceStatus::Idle | InstanceStatus::Busy);
+        let link = if up {
+            Some(AgentLink::open(engine, &inst, &job.id).await)
+        } else {
+            None
+        };
+        match link {
+            None => {}
+            Some(Ok(link)) => {
                 // Graceful stop within `stop_duration` (dstack's default 5 min); an abort
                 // kills at once.
                 let grace = if reason == JobTerminationReason::AbortedByUser {
@@ -955,7 +1045,7 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
                 stop_task(&link, &job.id, reason.as_str(), grace).await;
                 link.close().await;
             }
-            Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot reach the agent"),
+            Some(Err(e)) => tracing::warn!(job = %job.id, error = %e, "cannot reach the agent"),
         }
         release_instance(engine, job, &inst.id).await?;
     }

@@ -411,10 +411,10 @@ impl Engine {
         let Some(job) = job_specs(&spec)?.into_iter().next() else {
             return Ok(json!({"gpus": []}));
         };
-        let profile = spec.merged_profile();
-        let (offers, _) = self
-            .job_plan_offers(&project.id, &job, &profile, usize::MAX, false)
-            .await?;
+        let offers = self
+            .job_plan_offers(&project.id, &spec, &job, true, usize::MAX, false)
+            .await?
+            .offers;
         let cpu_only = job
             .requirements
             .resources

@@ -97,6 +97,8 @@ pub(crate) struct InstanceRow {
     pub(crate) total_blocks: Option<i64>,
     pub(crate) busy_blocks: i64,
     pub(crate) deleted: bool,
+    /// Set on a placeholder: a PENDING instance reserved for this job's new capacity.
+    pub(crate) provisioning_job_id: Option<String>,
 }
 
 /// `SELECT <instance columns> FROM instances WHERE <cond>` as a static string.
@@ -105,8 +107,8 @@ macro_rules! select_instances {
         concat!(
             "SELECT id, name, instance_num, project_id, fleet_id, created_at, finished_at, status, \
              unreachable, termination_reason, termination_reason_message, offer, \
-             job_provisioning_data, remote_connection_info, total_blocks, busy_blocks, deleted \
-             FROM instances WHERE ",
+             job_provisioning_data, remote_connection_info, total_blocks, busy_blocks, deleted, \
+             provisioning_job_id FROM instances WHERE ",
             $cond
         )
     };
@@ -137,11 +139,18 @@ impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for InstanceRow {
             total_blocks: r.try_get("total_blocks")?,
             busy_blocks: r.try_get("busy_blocks")?,
             deleted: r.try_get("deleted")?,
+            provisioning_job_id: r.try_get("provisioning_job_id")?,
         })
     }
 }
 
 impl InstanceRow {
+    /// dstack's `is_placeholder_instance`: PENDING and reserved by a job awaiting new
+    /// capacity; the job's worker provisions it, the instance pipeline leaves it alone.
+    pub(crate) fn is_placeholder(&self) -> bool {
+        self.status == InstanceStatus::Pending && self.provisioning_job_id.is_some()
+    }
+
     /// The provisioning data, if stored and readable.
     pub(crate) fn jpd(&self) -> Option<JobProvisioningData> {
         self.job_provisioning_data

@@ -12,17 +12,17 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::engine::auth::Ctx;
+use crate::engine::fleet_choice::PlanOffers;
 use crate::engine::{Engine, time};
 use crate::models::configurations::RunConfiguration;
 use crate::models::jobs::{Job, JobProvisioningData, JobSpec, JobStatus, JobSubmission};
-use crate::models::offers::InstanceOfferWithAvailability;
+use crate::models::resources::Requirements;
 use crate::models::runs::{
     ApplyRunPlanRequest, DeleteRunsRequest, GetRunPlanRequest, GetRunRequest, JobPlan,
     ListRunsRequest, Run, RunPlan, RunSpec, RunStatus, RunTerminationReason, StopRunsRequest,
 };
 use crate::spec::resources::job_requirements;
 
-use super::instances::InstanceRow;
 use super::{parse_body, to_json};
 
 /// The default image (`dstackai/base:<version>-base-ubuntu<ubuntu>`).
@@ -568,23 +568,6 @@ fn run_model_from(
 }
 
 impl Engine {
-    /// IDLE instances of the project's fleets whose offers fit `spec` and `profile`,
-    /// cheapest first.
-    pub(crate) async fn idle_instances_for(
-        &self,
-        project_id: &str,
-        spec: &JobSpec,
-        profile: &crate::models::profiles::Profile,
-    ) -> crate::Result<Vec<(InstanceRow, InstanceOfferWithAvailability)>> {
-        Ok(self
-            .instance_offers(project_id, spec, profile)
-            .await?
-            .into_iter()
-            .filter(|c| c.offer.availability == crate::models::offers::InstanceAvailability::Idle)
-            .map(|c| (c.row, c.offer))
-            .collect())
-    }
-
     pub(crate) async fn runs_get_plan(
         &self,
         ctx: &Ctx,
@@ -605,15 +588,34 @@ impl Engine {
         let specs = job_specs(&effective)?;
         let max_offers = req.max_offers.unwrap_or(50) as usize;
         let mut job_plans = Vec::new();
-        let profile = effective.merged_profile();
+        // Jobs of one replica or node group share their plan (dstack plans each group from
+        // its first job): the offers are computed once per distinct requirement.
+        let mut last: Option<(Requirements, i64, PlanOffers)> = None;
         for mut spec in specs {
-            let (mut offers, total) = self
-                .job_plan_offers(&project.id, &spec, &profile, max_offers, false)
-                .await?;
-            if req.reverse_offers {
-                offers.reverse();
-            }
-            let max_price = offers.iter().map(|o| o.price).reduce(f64::max);
+            let planned = match &last {
+                Some((r, n, p)) if *r == spec.requirements && *n == spec.jobs_per_replica => {
+                    p.clone()
+                }
+                _ => {
+                    let p = self
+                        .job_plan_offers(
+                            &project.id,
+                            &effective,
+                            &spec,
+                            req.for_offers_only,
+                            max_offers,
+                            req.reverse_offers,
+                        )
+                        .await?;
+                    last = Some((spec.requirements.clone(), spec.jobs_per_replica, p.clone()));
+                    p
+                }
+            };
+            let PlanOffers {
+                offers,
+                total,
+                max_price,
+            } = planned;
             spec.strip_sensitive();
             job_plans.push(JobPlan {
                 job_spec: spec,
