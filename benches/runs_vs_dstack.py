@@ -23,9 +23,10 @@ look at our own figures while working; the ratios need both). Takes about 6 minu
 (both servers, ratios), the RSS lines, then every figure as JSON.
 
 What is not the same on both sides: only the `runpod` backend, because dstack's other catalog
-backends ask the cloud for availability or quotas on every offer refresh (no network here);
-and `dstack apply` plans differ by design today: dstack picks the best fleet and returns only
-its offers, ours returns instance offers followed by backend offers.
+backends ask the cloud for availability or quotas on every offer refresh (no network here).
+`dstack apply` plans follow the same fleet choice on both sides: every fleet's instance
+offers and the elastic fleet's backend offers (capped at 100) are weighed, and the plan lists
+the chosen fleet's offers.
 
 Internal modes (run with the oracle venv's python): --gen, --seed-dstack, --seed-dstack-instances.
 """

@@ -5,7 +5,10 @@
 //!   once (`busy_blocks` 2/2, BUSY), a third finds no capacity, and the blocks come back.
 //! * `nodes: 2` on a `placement: cluster` fleet of two hosts: one job per instance, both get
 //!   dstack's cluster variables (`DSTACK_NODE_RANK`, `DSTACK_NODES_NUM`,
-//!   `DSTACK_MASTER_NODE_IP`, …) and the run is done when both are.
+//!   `DSTACK_MASTER_NODE_IP`, …) and the run is done when both are;
+//! * `startup_order: workers-first` starts the master after its worker, and
+//!   `stop_criteria: master-done` ends the run (and the sleeping worker, `done_by_runner`)
+//!   when the master is done.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use dstack_sdk::client::Client;
 use dstack_sdk::models::instances::InstanceStatus;
+use dstack_sdk::models::jobs::JobStatus;
 use dstack_sdk::models::logs::PollLogsRequest;
 use dstack_sdk::models::runs::{Run, RunStatus};
 
@@ -21,7 +25,7 @@ mod ssh_fleet;
 #[path = "support/sshd.rs"]
 mod sshd;
 
-use ssh_fleet::{Fixture, task, wait_instance, wait_run};
+use ssh_fleet::{Fixture, multinode_task, task, wait_instance, wait_run};
 use sshd::SUDO_USER;
 
 async fn all_logs(client: &Client, run: &Run, job: usize) -> String {
@@ -61,6 +65,43 @@ fn fleet_conf(
         conf[k] = v.clone();
     }
     conf
+}
+
+/// Applies fleet `ssh` with two hosts (both this machine; one agent serves both instances)
+/// and `placement: cluster`, and waits until both instances are IDLE.
+async fn cluster_fleet(fx: &Fixture, client: &Client) {
+    let conf = fleet_conf(
+        fx,
+        serde_json::json!(["127.0.0.1", "localhost"]),
+        serde_json::json!({"placement": "cluster"}),
+    );
+    client
+        .project("main")
+        .fleets()
+        .apply_configuration(serde_json::from_value(conf).unwrap(), false)
+        .await
+        .unwrap();
+    for idx in 0..2 {
+        let inst = wait_instance(client, idx, Duration::from_secs(150), |i| {
+            i.status != InstanceStatus::Pending
+        })
+        .await;
+        assert_eq!(
+            inst.status,
+            InstanceStatus::Idle,
+            "{:?}",
+            inst.termination_reason_message
+        );
+    }
+}
+
+/// The first `start=<epoch seconds>` a job's logs show.
+fn start_time(logs: &str) -> f64 {
+    logs.split("start=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no start time in {logs:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,25 +237,7 @@ async fn multinode_task_spans_cluster_instances() {
     tokio::time::timeout(Duration::from_secs(300), async {
         let fx = Fixture::new().await;
         let (_engine, client) = fx.engine().await;
-        // Two hosts (both this machine; one agent serves both instances).
-        let conf = fleet_conf(
-            &fx,
-            serde_json::json!(["127.0.0.1", "localhost"]),
-            serde_json::json!({"placement": "cluster"}),
-        );
-        client
-            .project("main")
-            .fleets()
-            .apply_configuration(serde_json::from_value(conf).unwrap(), false)
-            .await
-            .unwrap();
-        for idx in 0..2 {
-            let inst = wait_instance(&client, idx, Duration::from_secs(150), |i| {
-                i.status != InstanceStatus::Pending
-            })
-            .await;
-            assert_eq!(inst.status, InstanceStatus::Idle, "{:?}", inst.termination_reason_message);
-        }
+        cluster_fleet(&fx, &client).await;
         let runs = client.project("main").runs();
         runs.init_virtual_repo().await.unwrap();
         let mut spec = task(
@@ -246,6 +269,110 @@ async fn multinode_task_spans_cluster_instances() {
         // instance is free again.
         for idx in 0..2 {
             wait_instance(&client, idx, Duration::from_secs(10), |i| i.status == InstanceStatus::Idle).await;
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// `startup_order: workers-first`: the master (rank 0) is not started before its worker
+/// runs, so the time the master's command starts is after the worker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multinode_workers_first_starts_master_last() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let fx = Fixture::new().await;
+        let (_engine, client) = fx.engine().await;
+        cluster_fleet(&fx, &client).await;
+        let runs = client.project("main").runs();
+        runs.init_virtual_repo().await.unwrap();
+        // The worker stays running a while: dstack's master waits for it to be `running`.
+        let spec = multinode_task(
+            "wfirst",
+            2,
+            &[
+                "echo start=$(date +%s.%N) rank=$DSTACK_NODE_RANK",
+                "if [ \"$DSTACK_NODE_RANK\" != 0 ]; then sleep 10; fi",
+            ],
+            serde_json::json!({"startup_order": "workers-first"}),
+        );
+        assert_eq!(
+            spec.merged_profile().params.startup_order,
+            Some(dstack_sdk::models::profiles::StartupOrder::WorkersFirst)
+        );
+        runs.apply(&spec).await.unwrap();
+        let run = wait_run(&client, "wfirst", Duration::from_secs(150), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Done, "{run:#?}");
+        let master = all_logs(&client, &run, 0).await;
+        let worker = all_logs(&client, &run, 1).await;
+        assert!(master.contains("rank=0"), "{master}");
+        assert!(worker.contains("rank=1"), "{worker}");
+        let (m, w) = (start_time(&master), start_time(&worker));
+        eprintln!(
+            "workers-first: the master started {:.3}s after its worker",
+            m - w
+        );
+        // Started together the two differ by a fraction of a second; in order, the master
+        // needs at least two more of its own ticks (1 s apart) after the worker runs.
+        assert!(
+            m - w > 0.8,
+            "master started at {m}, not clearly after its worker at {w}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// `stop_criteria: master-done`: once the master is done the run is done; the worker (still
+/// sleeping) is terminated with dstack's `done_by_runner` and ends `done` too, and both
+/// instances are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multinode_master_done_stops_workers() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let fx = Fixture::new().await;
+        let (_engine, client) = fx.engine().await;
+        cluster_fleet(&fx, &client).await;
+        let runs = client.project("main").runs();
+        runs.init_virtual_repo().await.unwrap();
+        let spec = multinode_task(
+            "mdone",
+            2,
+            &["if [ \"$DSTACK_NODE_RANK\" = 0 ]; then echo master-done; else sleep 600; fi"],
+            serde_json::json!({"stop_criteria": "master-done"}),
+        );
+        runs.apply(&spec).await.unwrap();
+        let run = wait_run(&client, "mdone", Duration::from_secs(120), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Done, "{run:#?}");
+        assert_eq!(
+            run.termination_reason.as_deref(),
+            Some("all_jobs_done"),
+            "{run:#?}"
+        );
+        let master = run.jobs[0].job_submissions.last().unwrap();
+        assert_eq!(master.status, JobStatus::Done, "{run:#?}");
+        assert_eq!(master.termination_reason.as_deref(), Some("done_by_runner"));
+        let worker = run.jobs[1].job_submissions.last().unwrap();
+        assert_eq!(worker.status, JobStatus::Done, "{run:#?}");
+        assert_eq!(worker.termination_reason.as_deref(), Some("done_by_runner"));
+        assert!(all_logs(&client, &run, 0).await.contains("master-done"));
+        for idx in 0..2 {
+            wait_instance(&client, idx, Duration::from_secs(30), |i| {
+                i.status == InstanceStatus::Idle
+            })
+            .await;
         }
     })
     .await

@@ -286,6 +286,48 @@ async fn task_runs_in_a_pod_through_the_jump_pod_and_stops() {
         .await;
         assert_eq!(run.status, RunStatus::Terminated, "{run:#?}");
         assert!(job_pods(&env).is_empty(), "{:?}", job_pods(&env));
+
+        // With a Kubernetes fleet (dstack 0.22's way): the job's pod is the fleet's instance
+        // while it runs, `nodes.max` bounds the pods, and the instance ends with its job.
+        let fleets = client.project("main").fleets();
+        let conf = serde_json::from_value(json!({
+            "type": "fleet", "name": "k8s", "nodes": "0..1", "backends": ["kubernetes"],
+        }))
+        .unwrap();
+        fleets.apply_configuration(conf, false).await.unwrap();
+        assert!(fleets.get("k8s").await.unwrap().instances.is_empty());
+        runs.apply(&task("in-fleet", &["sleep 600"])).await.unwrap();
+        wait_run(&client, "in-fleet", Duration::from_secs(90), |r| {
+            r.status == RunStatus::Running
+        })
+        .await;
+        let fleet = fleets.get("k8s").await.unwrap();
+        assert_eq!(fleet.instances.len(), 1, "{fleet:#?}");
+        let inst = &fleet.instances[0];
+        assert_eq!(inst.name, "k8s-0");
+        assert_eq!(inst.status.as_str(), "busy");
+        assert_eq!(inst.backend.map(|b| b.as_str()), Some("kubernetes"));
+        assert_eq!(job_pods(&env).len(), 1);
+        // The fleet's only slot is taken: no second pod (dstack: no matching fleet).
+        runs.apply(&task("no-room", &["echo never"])).await.unwrap();
+        let run = wait_run(&client, "no-room", Duration::from_secs(60), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        let sub = run.latest_job_submission.clone().unwrap();
+        assert_eq!(
+            sub.termination_reason.as_deref(),
+            Some("failed_to_start_due_to_no_capacity"),
+            "{run:#?}"
+        );
+        assert_eq!(job_pods(&env).len(), 1);
+        runs.stop(&["in-fleet"], false).await.unwrap();
+        wait_run(&client, "in-fleet", Duration::from_secs(60), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert!(job_pods(&env).is_empty(), "{:?}", job_pods(&env));
+        assert!(fleets.get("k8s").await.unwrap().instances.is_empty());
     })
     .await
     .expect("test timed out");

@@ -131,3 +131,29 @@ pub fn task(name: &str, commands: &[&str]) -> RunSpec {
     }))
     .unwrap()
 }
+
+/// A multi-node task run spec: [`task`] with `nodes` and the configuration's `extra` keys
+/// (e.g. `startup_order`, `stop_criteria`).
+pub fn multinode_task(
+    name: &str,
+    nodes: u32,
+    commands: &[&str],
+    extra: serde_json::Value,
+) -> RunSpec {
+    let mut conf = serde_json::json!({
+        "type": "task",
+        "nodes": nodes,
+        "commands": commands,
+        "resources": {"cpu": "1..", "memory": "0.1GB..", "disk": "1GB.."},
+    });
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        conf[k] = v.clone();
+    }
+    serde_json::from_value(serde_json::json!({
+        "run_name": name,
+        "repo_id": "none",
+        "repo_data": {"repo_type": "virtual"},
+        "configuration": conf,
+    }))
+    .unwrap()
+}

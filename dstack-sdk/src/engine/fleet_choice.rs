@@ -251,13 +251,8 @@ impl Engine {
         let Some((profile, requirements)) = fleet.combined(run_profile, job) else {
             return Ok(Vec::new());
         };
-        let mut offers = self
-            .backend_offers(project_id, &requirements, &profile)
-            .await?;
-        if let Some(max) = max {
-            offers.truncate(max);
-        }
-        Ok(offers)
+        self.backend_offers(project_id, &requirements, &profile, max)
+            .await
     }
 
     /// dstack's `find_optimal_fleet_with_offers` for one job of a run. `run_fleet` is the
@@ -459,7 +454,7 @@ impl Engine {
                 .collect();
             if !skip_backend {
                 out.extend(
-                    self.backend_offers(project_id, &job.requirements, &profile)
+                    self.backend_offers(project_id, &job.requirements, &profile, None)
                         .await?,
                 );
             }

@@ -162,25 +162,38 @@ fn catalog_item_to_offer(
 }
 
 /// dstack's `offer_to_catalog_item`: an offer as gpuhunt sees it (disk 0 = unchecked).
+/// Built field by field: plans call it for every instance and every block count.
 pub(crate) fn offer_to_catalog_item(offer: &InstanceOfferWithAvailability) -> Option<CatalogItem> {
     let r = &offer.instance.resources;
     let gpu = r.gpus.first();
-    let v = serde_json::json!({
-        "provider": offer.backend.as_str(),
-        "instance_name": offer.instance.name,
-        "location": offer.region,
-        "price": offer.price,
-        "cpu": r.cpus,
-        "memory": r.memory_mib as f64 / 1024.0,
-        "gpu_count": r.gpus.len(),
-        "gpu_name": gpu.map(|g| g.name.clone()),
-        "gpu_memory": gpu.map(|g| g.memory_mib as f64 / 1024.0),
-        "spot": r.spot,
-        "disk_size": (r.disk.size_mib != 0).then(|| r.disk.size_mib as f64 / 1024.0),
-        "gpu_vendor": gpu.map(|g| g.vendor),
-        "cpu_arch": r.cpu_arch.map_or("x86", |a| a.as_str()),
-    });
-    serde_json::from_value(v).ok()
+    let gpu_vendor = match gpu {
+        Some(g) => Some(crate::offers::accelerators::AcceleratorVendor::parse(
+            g.vendor.as_str(),
+        )?),
+        None => None,
+    };
+    Some(CatalogItem {
+        provider: Arc::from(offer.backend.as_str()),
+        instance_name: Arc::from(offer.instance.name.as_str()),
+        location: Arc::from(offer.region.as_str()),
+        price: offer.price,
+        cpu: r.cpus,
+        memory: r.memory_mib as f64 / 1024.0,
+        gpu_count: i64::try_from(r.gpus.len()).unwrap_or(i64::MAX),
+        gpu_name: gpu.map(|g| Arc::from(g.name.as_str())),
+        gpu_memory: gpu.map(|g| g.memory_mib as f64 / 1024.0),
+        spot: r.spot,
+        disk_size: (r.disk.size_mib != 0).then(|| r.disk.size_mib as f64 / 1024.0),
+        gpu_vendor,
+        flags: Vec::new(),
+        cpu_arch: match r.cpu_arch {
+            Some(crate::models::resources::CpuArch::Arm) => {
+                crate::offers::item::CpuArchitecture::Arm
+            }
+            _ => crate::offers::item::CpuArchitecture::X86,
+        },
+        provider_data: Default::default(),
+    })
 }
 
 /// Whether `offer` satisfies `req` (gpuhunt `matches` on the offer as a catalog row).
@@ -350,12 +363,14 @@ impl Engine {
     }
 
     /// New-capacity offers from every backend of the project, merged by price (gpuhunt's
-    /// order), each converted with disk fitting and the backend's default availability.
+    /// order), each converted with disk fitting and the backend's default availability; the
+    /// first `limit` of them when given (the rest are not even converted).
     pub(crate) async fn backend_offers(
         &self,
         project_id: &str,
         requirements: &Requirements,
         profile: &Profile,
+        limit: Option<usize>,
     ) -> crate::Result<Vec<InstanceOfferWithAvailability>> {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT type, config FROM backends WHERE project_id = $1")
@@ -368,10 +383,17 @@ impl Engine {
         let catalog = self.inner.catalog.snapshot();
         let mut q = requirements_to_query_filter(Some(requirements), true);
         let mut by_provider = std::collections::HashMap::new();
+        // Backends whose offers are not in gpuhunt's catalog (Kubernetes: the cluster's
+        // nodes) are asked live, as dstack does.
+        let mut live = Vec::new();
         for (backend, config) in &rows {
             if let Some(b) = &profile.params.backends
                 && !b.iter().any(|b| b.as_str() == backend)
             {
+                continue;
+            }
+            if !crate::offers::providers::is_known_provider(provider_name(backend)) {
+                live.push(backend.clone());
                 continue;
             }
             let regions: Option<Vec<String>> = serde_json::from_str::<Value>(config)
@@ -383,12 +405,40 @@ impl Engine {
                 (backend.clone(), regions),
             );
         }
+        let mut out: Vec<InstanceOfferWithAvailability> = Vec::new();
+        #[cfg(feature = "backends")]
+        for backend in &live {
+            let Some(compute) = self.compute_for(project_id, backend).await? else {
+                continue;
+            };
+            match compute.get_offers(Some(requirements)).await {
+                Ok(offers) => out.extend(
+                    offers
+                        .into_iter()
+                        .filter(|o| profile_admits(profile, backend, &o.region, &o.instance.name)),
+                ),
+                Err(e) => tracing::warn!(%backend, error = %e, "cannot get offers"),
+            }
+        }
+        #[cfg(not(feature = "backends"))]
+        let _ = live;
+        let limit = limit.unwrap_or(usize::MAX);
+        if by_provider.is_empty() {
+            out.sort_by(|a, b| a.price.total_cmp(&b.price));
+            out.truncate(limit);
+            return Ok(out);
+        }
         q.provider = Some(by_provider.keys().cloned().collect());
         let result = catalog
             .query(&q)
             .map_err(|e| crate::Error::new(e.kind(), e.to_string()))?;
-        let mut out = Vec::new();
+        let live_count = out.len();
         for item in result.iter() {
+            // Live offers may still sort before any catalog row: `limit` more catalog rows
+            // always suffice.
+            if out.len() >= live_count.saturating_add(limit) {
+                break;
+            }
             let Some((backend, regions)) = by_provider.get(item.provider.as_ref()) else {
                 continue;
             };
@@ -404,6 +454,11 @@ impl Engine {
                 out.push(o);
             }
         }
+        if live_count > 0 {
+            // Merged by price; the catalog's own order is kept among equal prices.
+            out.sort_by(|a, b| a.price.total_cmp(&b.price));
+        }
+        out.truncate(limit);
         Ok(out)
     }
 }
@@ -430,6 +485,27 @@ mod tests {
         );
         assert_eq!(choose_disk_mib(None, &r, "aws"), None);
         assert_eq!(choose_disk_mib(None, &r, "gcp"), Some(20 * 1024));
+    }
+
+    #[test]
+    fn catalog_item_of_an_offer_equals_the_json_conversion() {
+        let offer: InstanceOfferWithAvailability = serde_json::from_value(serde_json::json!({
+            "backend": "aws", "region": "us-east-1", "price": 2.5, "availability": "idle",
+            "instance": {"name": "g5.8xlarge", "resources": {
+                "cpus": 32, "memory_mib": 131072, "spot": false, "cpu_arch": "arm",
+                "disk": {"size_mib": 102400},
+                "gpus": [{"name": "A10G", "memory_mib": 24576, "vendor": "nvidia"}]}},
+        }))
+        .unwrap();
+        let direct = offer_to_catalog_item(&offer).unwrap();
+        let via_json: CatalogItem = serde_json::from_value(serde_json::json!({
+            "provider": "aws", "instance_name": "g5.8xlarge", "location": "us-east-1",
+            "price": 2.5, "cpu": 32, "memory": 128.0, "gpu_count": 1, "gpu_name": "A10G",
+            "gpu_memory": 24.0, "spot": false, "disk_size": 100.0, "gpu_vendor": "nvidia",
+            "cpu_arch": "arm",
+        }))
+        .unwrap();
+        assert_eq!(format!("{direct:?}"), format!("{via_json:?}"));
     }
 
     #[test]

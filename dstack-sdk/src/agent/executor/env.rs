@@ -272,6 +272,21 @@ mod tests {
         assert!(!env.contains_key("BASH_FUNC_f%%"));
     }
 
+    /// A TPU VM's agent environment file sets `PJRT_DEVICE=TPU` (dstack's shim forwards it
+    /// to the job): the agent's own environment is the base layer, so jobs see it.
+    #[test]
+    fn host_env_reaches_jobs() {
+        let b = body();
+        let dstack = dstack_env(&b, &JobPaths::default());
+        let base = vec![
+            ("PJRT_DEVICE".to_string(), "TPU".to_string()),
+            ("DSTACK_AGENT_HOME".into(), "/root/.dstack".into()),
+        ];
+        let env = layer_env(base, &[], &dstack, &b, None);
+        assert_eq!(env["PJRT_DEVICE"], "TPU");
+        assert!(!env.contains_key("DSTACK_AGENT_HOME"));
+    }
+
     #[test]
     fn hostfile() {
         let ips = vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()];

@@ -52,9 +52,10 @@ fn provisioning_data(job: &JobRow) -> Option<JobProvisioningData> {
         .and_then(|s| serde_json::from_str(s).ok())
 }
 
-/// Whether the job runs in a container-backend container (no instance, not dockerized).
+/// Whether the job runs in a container-backend container (not dockerized: the runner is the
+/// container's main process), with or without a fleet instance standing for it.
 pub(super) fn is_container_job(job: &JobRow) -> bool {
-    job.instance_id.is_none() && provisioning_data(job).is_some_and(|j| !j.dockerized)
+    provisioning_data(job).is_some_and(|j| !j.dockerized)
 }
 
 async fn job_project(engine: &Engine, job: &JobRow) -> crate::Result<String> {
@@ -101,6 +102,23 @@ async fn set_status(
     .bind(token)
     .execute(&mut *tx)
     .await?;
+    if r.rows_affected() == 1
+        && status.is_finished()
+        && let Some(iid) = &job.instance_id
+    {
+        // The fleet instance standing for this job's container (dstack terminates
+        // container-backend instances with their job): its container is gone now.
+        sqlx::query(
+            "UPDATE instances SET status = 'TERMINATED', deleted = TRUE, deleted_at = $1, \
+             finished_at = $1, last_processed_at = $1, busy_blocks = 0, \
+             termination_reason = COALESCE(termination_reason, 'idle_timeout') \
+             WHERE id = $2 AND deleted = FALSE",
+        )
+        .bind(&now)
+        .bind(iid)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     let ok = r.rows_affected() == 1;
     if ok {
@@ -131,7 +149,28 @@ async fn store_jpd(
     Ok(r.rows_affected() == 1)
 }
 
-/// Tries the project's container backends for a submitted job (see the module docs).
+/// A container created for a job.
+pub(super) struct Container {
+    /// The backend that runs it.
+    pub(super) compute: Arc<dyn Compute>,
+    /// The offer it was created from.
+    pub(super) offer: InstanceOfferWithAvailability,
+    /// Its provisioning data (`dockerized: false`).
+    pub(super) jpd: JobProvisioningData,
+}
+
+/// What [`create_container`] did.
+pub(super) enum Created {
+    /// A container runs the job's runner.
+    Container(Box<Container>),
+    /// No container backend has an offer for the job.
+    NoOffers,
+    /// Offers were tried and none could be used; the message says why.
+    Failed(String),
+}
+
+/// Tries the project's container backends for a submitted job without a fleet (see the
+/// module docs): the job's own requirements and the run's profile.
 pub(super) async fn run_on_backend(
     engine: &Engine,
     job: &JobRow,
@@ -142,6 +181,35 @@ pub(super) async fn run_on_backend(
 ) -> crate::Result<Launch> {
     let spec = job.spec()?;
     let profile = run_spec.merged_profile();
+    match create_container(
+        engine,
+        job,
+        project_id,
+        run,
+        run_spec,
+        &spec.requirements,
+        &profile,
+    )
+    .await?
+    {
+        Created::Container(c) => claim(engine, job, token, &c.compute, c.jpd).await,
+        Created::NoOffers => Ok(Launch::NoOffers),
+        Created::Failed(m) => Ok(Launch::Failed(m)),
+    }
+}
+
+/// Creates the job's container on the cheapest available offer of the project's container
+/// backends that satisfies `requirements` and `profile` (at most 25 offers tried).
+pub(super) async fn create_container(
+    engine: &Engine,
+    job: &JobRow,
+    project_id: &str,
+    run: &RunRow,
+    run_spec: &RunSpec,
+    requirements: &crate::models::resources::Requirements,
+    profile: &crate::models::profiles::Profile,
+) -> crate::Result<Created> {
+    let spec = job.spec()?;
     let types: Vec<(String,)> =
         sqlx::query_as("SELECT type FROM backends WHERE project_id = $1 ORDER BY created_at")
             .bind(project_id)
@@ -162,7 +230,7 @@ pub(super) async fn run_on_backend(
                 continue;
             }
         };
-        match compute.get_offers(Some(&spec.requirements)).await {
+        match compute.get_offers(Some(requirements)).await {
             Ok(offers) => {
                 for o in offers {
                     let region_ok = profile
@@ -179,7 +247,7 @@ pub(super) async fn run_on_backend(
         }
     }
     if candidates.is_empty() {
-        return Ok(Launch::NoOffers);
+        return Ok(Created::NoOffers);
     }
     candidates.sort_by(|a, b| a.1.price.total_cmp(&b.1.price));
     let (project_name, project_key): (String, String) =
@@ -219,7 +287,7 @@ pub(super) async fn run_on_backend(
     }
     let mut launch = JobLaunch::new(&run.run_name, &spec.job_name, &spec.image_name)
         .with_privileged(spec.privileged)
-        .with_requirements(spec.requirements.clone());
+        .with_requirements(requirements.clone());
     for (k, v) in &spec.env {
         launch = launch.with_env(k, v);
     }
@@ -233,9 +301,15 @@ pub(super) async fn run_on_backend(
             continue;
         };
         match rj.run_job(offer, &config, &launch).await {
-            Ok(jpd) => return claim(engine, job, token, compute, jpd).await,
+            Ok(jpd) => {
+                return Ok(Created::Container(Box::new(Container {
+                    compute: compute.clone(),
+                    offer: offer.clone(),
+                    jpd,
+                })));
+            }
             Err(e @ BackendError::InvalidCredentials { .. }) => {
-                return Ok(Launch::Failed(format!(
+                return Ok(Created::Failed(format!(
                     "The {} backend rejected its credentials: {e}; update the backend config",
                     offer.backend.as_str()
                 )));
@@ -247,7 +321,7 @@ pub(super) async fn run_on_backend(
             }
         }
     }
-    Ok(Launch::Failed(format!(
+    Ok(Created::Failed(format!(
         "No capacity on the project's container backends: {tried} offer(s) tried; last \
          error: {last}. Check `dstack offer` and the run's resources"
     )))
@@ -293,7 +367,10 @@ async fn claim(
     Ok(Launch::Started)
 }
 
-async fn delete_container(compute: &dyn Compute, jpd: &JobProvisioningData) -> crate::Result<()> {
+pub(super) async fn delete_container(
+    compute: &dyn Compute,
+    jpd: &JobProvisioningData,
+) -> crate::Result<()> {
     compute
         .terminate_instance(&jpd.instance_id, &jpd.region, jpd.backend_data.as_deref())
         .await

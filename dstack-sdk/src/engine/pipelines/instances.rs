@@ -170,6 +170,11 @@ async fn process_one(engine: &Engine, id: &str, token: &str) -> crate::Result<()
             }
             check_health(engine, &row, token).await
         }
+        // A container-backend instance stands for its job's container: no host agent to
+        // check; the job watches its runner and the instance ends with the job.
+        InstanceStatus::Busy if row.jpd().is_some_and(|j| !j.dockerized) => {
+            release(engine, id, token).await
+        }
         InstanceStatus::Busy => check_health(engine, &row, token).await,
         InstanceStatus::Terminated => release(engine, id, token).await,
     }

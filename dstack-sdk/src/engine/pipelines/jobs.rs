@@ -30,7 +30,7 @@ use crate::models::jobs::{
     JobProvisioningData, JobRuntimeData, JobSpec, JobStatus, JobTerminationReason,
 };
 use crate::models::offers::InstanceOfferWithAvailability;
-use crate::models::profiles::{CreationPolicy, RetryEvent};
+use crate::models::profiles::{CreationPolicy, RetryEvent, StartupOrder};
 use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
 use crate::{Error, ErrorKind};
 
@@ -44,6 +44,10 @@ mod new_capacity;
 #[cfg(feature = "backends")]
 #[path = "container_jobs.rs"]
 mod container_jobs;
+
+/// Multi-node run options (`startup_order`, `stop_criteria`): see its module docs.
+#[path = "multinode.rs"]
+mod multinode;
 
 /// The job pipeline.
 pub(crate) struct JobPipeline;
@@ -328,10 +332,21 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         .find_optimal_fleet(&project_id.0, &run_spec, &spec, run_fleet.as_deref(), opts)
         .await?;
     let Some(choice) = choice else {
+        // A project without any fleet may still run jobs straight on a container backend
+        // (Kubernetes), as before dstack required fleets; with fleets, dstack's answer holds.
         #[cfg(feature = "backends")]
-        match container_jobs::run_on_backend(engine, job, token, &project_id.0, &run, &run_spec)
-            .await?
-        {
+        let (fleets,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM fleets WHERE project_id = $1 AND deleted = FALSE")
+                .bind(&project_id.0)
+                .fetch_one(engine.store().reader())
+                .await?;
+        #[cfg(feature = "backends")]
+        match if fleets == 0 {
+            container_jobs::run_on_backend(engine, job, token, &project_id.0, &run, &run_spec)
+                .await?
+        } else {
+            container_jobs::Launch::NoOffers
+        } {
             container_jobs::Launch::Started => return Ok(()),
             container_jobs::Launch::Failed(message) => {
                 return no_capacity(engine, job, &message).await;
@@ -484,6 +499,16 @@ async fn start_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         .ok_or_else(Error::not_found)?;
     let run_spec: RunSpec = serde_json::from_str(&run.run_spec)
         .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+    // dstack's `_should_wait_for_other_nodes`: a multi-node job starts in its replica's
+    // `startup_order` (it stays `provisioning`, with no shim task, until then).
+    let order = run_spec.merged_profile().params.startup_order;
+    if order.is_some_and(|o| o != StartupOrder::Any) {
+        let nodes = run_nodes(&latest_jobs(engine, &job.run_id).await?);
+        if let Some(why) = multinode::startup_wait(order, (job.replica_num, job.job_num), &nodes) {
+            tracing::debug!(job = %job.id, "{why}");
+            return Ok(());
+        }
+    }
     let spec = job.spec()?;
     let project_key: Option<(String,)> = sqlx::query_as(
         "SELECT p.ssh_public_key FROM projects p JOIN runs r ON r.project_id = p.id \
@@ -1068,7 +1093,40 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
     if status == RunStatus::Pending {
         return resubmit_when_due(engine, &run).await;
     }
-    if status != RunStatus::Terminating && needs_retry(engine, &run).await? {
+    // A job's latest submissions (id, status, instance or container, replica, number).
+    // A container-backend job has no instance but a container to delete: it terminates too.
+    let jobs: Vec<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT id, status, COALESCE(instance_id, CASE WHEN job_provisioning_data IS NULL \
+         THEN NULL ELSE 'container' END), replica_num, job_num FROM jobs j WHERE run_id = $1 \
+         AND submission_num = (SELECT MAX(submission_num) FROM jobs k WHERE k.run_id = j.run_id \
+          AND k.job_num = j.job_num AND k.replica_num = j.replica_num)",
+    )
+    .bind(id)
+    .fetch_all(engine.store().reader())
+    .await?;
+    let statuses: Vec<JobStatus> = jobs
+        .iter()
+        .map(|(_, s, ..)| enum_from_db(s).unwrap_or(JobStatus::Failed))
+        .collect();
+    // dstack's `_should_stop_on_master_done` (`stop_criteria: master-done`): checked after a
+    // non-retryable failure and before a retry, which it overrides.
+    let master_done = status != RunStatus::Terminating && {
+        let nodes: Vec<multinode::Node> = jobs
+            .iter()
+            .zip(&statuses)
+            .map(|((_, _, _, replica_num, job_num), st)| multinode::Node {
+                replica_num: *replica_num,
+                job_num: *job_num,
+                status: *st,
+            })
+            .collect();
+        let criteria = serde_json::from_str::<RunSpec>(&run.run_spec)
+            .ok()
+            .and_then(|s| s.merged_profile().params.stop_criteria);
+        multinode::stops_on_master_done(criteria, &nodes)
+    };
+    let retry = status != RunStatus::Terminating && needs_retry(engine, &run).await?;
+    if retry && !master_done {
         let mut tx = engine.store().begin().await?;
         sqlx::query(
             "UPDATE runs SET status = 'pending', resubmission_attempt = resubmission_attempt + 1, \
@@ -1082,20 +1140,6 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         tracing::info!(run = %run.run_name, "a job failed; the run waits to be resubmitted by its retry policy");
         return Ok(());
     }
-    // A container-backend job has no instance but a container to delete: it terminates too.
-    let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, status, COALESCE(instance_id, CASE WHEN job_provisioning_data IS NULL \
-         THEN NULL ELSE 'container' END) FROM jobs j WHERE run_id = $1 AND submission_num = \
-         (SELECT MAX(submission_num) FROM jobs k WHERE k.run_id = j.run_id \
-          AND k.job_num = j.job_num AND k.replica_num = j.replica_num)",
-    )
-    .bind(id)
-    .fetch_all(engine.store().reader())
-    .await?;
-    let statuses: Vec<JobStatus> = jobs
-        .iter()
-        .map(|(_, s, _)| enum_from_db(s).unwrap_or(JobStatus::Failed))
-        .collect();
     let now = time::to_db(time::now());
     let run_reason = run
         .termination_reason
@@ -1107,7 +1151,7 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         // Terminate the unfinished jobs; unassigned ones finish at once.
         let job_reason = terminate_with(reason);
         let mut tx = engine.store().begin().await?;
-        for ((jid, _, inst), st) in jobs.iter().zip(&statuses) {
+        for ((jid, _, inst, ..), st) in jobs.iter().zip(&statuses) {
             if st.is_finished() || *st == JobStatus::Terminating {
                 continue;
             }
@@ -1137,18 +1181,26 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         } else {
             (RunStatus::Terminating, Some(reason))
         }
-    } else if statuses.iter().any(|s| {
-        matches!(
-            s,
-            JobStatus::Failed | JobStatus::Terminated | JobStatus::Aborted
-        )
-    }) {
+    } else if !(master_done && retry)
+        && statuses.iter().any(|s| {
+            matches!(
+                s,
+                JobStatus::Failed | JobStatus::Terminated | JobStatus::Aborted
+            )
+        })
+    {
         let reason = RunTerminationReason::JobFailed;
         if statuses.iter().all(|s| s.is_finished()) {
             (reason.to_status(), Some(reason))
         } else {
             (RunStatus::Terminating, Some(reason))
         }
+    } else if master_done && !statuses.iter().all(|s| *s == JobStatus::Done) {
+        // The other jobs are terminated with `done_by_runner` on the next tick.
+        (
+            RunStatus::Terminating,
+            Some(RunTerminationReason::AllJobsDone),
+        )
     } else if !statuses.is_empty() && statuses.iter().all(|s| *s == JobStatus::Done) {
         (RunStatus::Done, Some(RunTerminationReason::AllJobsDone))
     } else if statuses.contains(&JobStatus::Running) {
@@ -1177,6 +1229,17 @@ async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
         tracing::info!(run = %run.run_name, status = %new_status.as_str(), "run status changed");
     }
     Ok(())
+}
+
+/// The jobs of a run as the multi-node rules see them.
+fn run_nodes(jobs: &[JobRow]) -> Vec<multinode::Node> {
+    jobs.iter()
+        .map(|j| multinode::Node {
+            replica_num: j.replica_num,
+            job_num: j.job_num,
+            status: j.status(),
+        })
+        .collect()
 }
 
 /// The latest submission of every job of a run.

@@ -204,12 +204,12 @@ pub(super) async fn provision(
                 )
                 .ok(),
             );
-    let outcome = match combined {
+    let outcome = match &combined {
         Some((profile, requirements)) => {
             tracing::info!(job = %job.id, fleet = %fleet_name, instance = %inst.name,
                 "provisioning new capacity");
             engine
-                .provision_new_capacity(&inst, &fleet_name, &fleet_spec, &requirements, &profile)
+                .provision_new_capacity(&inst, &fleet_name, &fleet_spec, requirements, profile)
                 .await?
         }
         None => Provisioned::Failed(format!(
@@ -219,7 +219,30 @@ pub(super) async fn provision(
     };
     match outcome {
         Provisioned::Created(jpd, offer) => promote(engine, job, &inst, &jpd, &offer).await,
-        Provisioned::Failed(message) => {
+        Provisioned::Failed(mut message) => {
+            // Container backends (Kubernetes) run the job itself in a container.
+            if let Some((profile, requirements)) = &combined {
+                let run = run_row(engine, &job.run_id)
+                    .await?
+                    .ok_or_else(Error::not_found)?;
+                match super::container_jobs::create_container(
+                    engine,
+                    job,
+                    &inst.project_id,
+                    &run,
+                    run_spec,
+                    requirements,
+                    profile,
+                )
+                .await?
+                {
+                    super::container_jobs::Created::Container(c) => {
+                        return promote_container(engine, job, &inst, *c).await;
+                    }
+                    super::container_jobs::Created::Failed(m) => message = m,
+                    super::container_jobs::Created::NoOffers => {}
+                }
+            }
             tracing::info!(job = %job.id, fleet = %fleet_name, %message, "provisioning failed");
             drop_placeholder(engine, job, &inst).await?;
             no_capacity(engine, job, &message).await
@@ -237,39 +260,9 @@ async fn promote(
     jpd: &JobProvisioningData,
     offer: &InstanceOfferWithAvailability,
 ) -> crate::Result<()> {
-    let now = time::to_db(time::now());
-    let mut offer = offer.clone();
-    offer.blocks = 1;
-    offer.total_blocks = 1;
-    let jpd_json = serde_json::to_string(jpd).ok();
     let mut tx = engine.store().begin().await?;
-    sqlx::query(
-        "UPDATE instances SET status = 'PROVISIONING', job_provisioning_data = $1, offer = $2, \
-         backend = $3, region = $4, price = $5, total_blocks = 1, busy_blocks = 1, \
-         last_processed_at = $6, skip_min_processing_interval = TRUE WHERE id = $7",
-    )
-    .bind(&jpd_json)
-    .bind(serde_json::to_string(&offer).ok())
-    .bind(jpd.backend.as_str())
-    .bind(&jpd.region)
-    .bind(offer.price)
-    .bind(&now)
-    .bind(&inst.id)
-    .execute(&mut *tx)
-    .await?;
-    let r = sqlx::query(
-        "UPDATE jobs SET status = $1, job_provisioning_data = $2, job_runtime_data = $3, \
-         instance_released = FALSE, last_processed_at = $4, skip_min_processing_interval = TRUE \
-         WHERE id = $5 AND status = 'submitted'",
-    )
-    .bind(enum_to_db(JobStatus::Provisioning))
-    .bind(&jpd_json)
-    .bind(prepare_job_runtime_data(&offer).to_string())
-    .bind(&now)
-    .bind(&job.id)
-    .execute(&mut *tx)
-    .await?;
-    if r.rows_affected() != 1 {
+    let taken = write_promotion(&mut tx, job, inst, jpd, offer, "PROVISIONING").await?;
+    if !taken {
         // Stopped while the VM was being created: the instance joins the fleet as a free one.
         sqlx::query("UPDATE instances SET busy_blocks = 0 WHERE id = $1")
             .bind(&inst.id)
@@ -284,4 +277,85 @@ async fn promote(
     engine.hint(PipelineKind::Runs);
     engine.hint(PipelineKind::Jobs);
     Ok(())
+}
+
+/// The placeholder becomes the fleet instance standing for the job's container (BUSY at
+/// once: there is no host agent to deploy; the job's runner is the container). It is
+/// terminated with its job, as dstack does with container-backend instances.
+#[cfg(feature = "backends")]
+async fn promote_container(
+    engine: &Engine,
+    job: &JobRow,
+    inst: &InstanceRow,
+    c: super::container_jobs::Container,
+) -> crate::Result<()> {
+    let mut tx = engine.store().begin().await?;
+    let taken = write_promotion(&mut tx, job, inst, &c.jpd, &c.offer, "BUSY").await?;
+    if !taken {
+        drop(tx);
+        tracing::warn!(job = %job.id, container = %c.jpd.instance_id,
+            "the job moved on while its container was created; deleting the container");
+        if let Err(e) = super::container_jobs::delete_container(c.compute.as_ref(), &c.jpd).await {
+            tracing::warn!(job = %job.id, error = %e, "cannot delete the container; delete it by hand");
+        }
+        return drop_placeholder(engine, job, inst).await;
+    }
+    tx.commit().await?;
+    tracing::info!(job = %job.id, instance = %inst.name, backend = %c.jpd.backend.as_str(),
+        container = %c.jpd.instance_id, "job container created in the fleet");
+    engine.hint(PipelineKind::Runs);
+    engine.hint(PipelineKind::Jobs);
+    Ok(())
+}
+
+/// The writes of a promotion, in the caller's transaction: the placeholder becomes an
+/// instance in `status` with the created resource's provisioning data and offer, one block
+/// busy for the job; the job goes `provisioning` with the same data. `false` when the job
+/// had moved on (stopped meanwhile). A container instance (`dockerized: false`) ends with
+/// its job (idle time 0).
+#[cfg(feature = "backends")]
+async fn write_promotion(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    job: &JobRow,
+    inst: &InstanceRow,
+    jpd: &JobProvisioningData,
+    offer: &InstanceOfferWithAvailability,
+    status: &str,
+) -> crate::Result<bool> {
+    let now = time::to_db(time::now());
+    let mut offer = offer.clone();
+    offer.blocks = 1;
+    offer.total_blocks = 1;
+    let jpd_json = serde_json::to_string(jpd).ok();
+    sqlx::query(
+        "UPDATE instances SET status = $1, job_provisioning_data = $2, offer = $3, \
+         backend = $4, region = $5, price = $6, total_blocks = 1, busy_blocks = 1, \
+         started_at = $7, last_processed_at = $7, skip_min_processing_interval = TRUE, \
+         termination_idle_time = CASE WHEN $8 THEN termination_idle_time ELSE 0 END \
+         WHERE id = $9",
+    )
+    .bind(status)
+    .bind(&jpd_json)
+    .bind(serde_json::to_string(&offer).ok())
+    .bind(jpd.backend.as_str())
+    .bind(&jpd.region)
+    .bind(offer.price)
+    .bind(&now)
+    .bind(jpd.dockerized)
+    .bind(&inst.id)
+    .execute(&mut **tx)
+    .await?;
+    let r = sqlx::query(
+        "UPDATE jobs SET status = $1, job_provisioning_data = $2, job_runtime_data = $3, \
+         instance_released = FALSE, last_processed_at = $4, skip_min_processing_interval = TRUE \
+         WHERE id = $5 AND status = 'submitted'",
+    )
+    .bind(enum_to_db(JobStatus::Provisioning))
+    .bind(&jpd_json)
+    .bind(prepare_job_runtime_data(&offer).to_string())
+    .bind(&now)
+    .bind(&job.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }
