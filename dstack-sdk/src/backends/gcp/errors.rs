@@ -95,6 +95,27 @@ pub fn is_not_found(e: &BackendError) -> bool {
     http_status_of(e) == Some(404)
 }
 
+/// The outcome of a delete call (instance or TPU node): started, or already gone — both
+/// count as success (terminate is idempotent).
+pub fn deletion_started<T>(
+    result: BackendResult<T>,
+    what: &str,
+    id: &str,
+    zone: &str,
+) -> BackendResult<()> {
+    match result {
+        Ok(_) => {
+            tracing::info!(id, zone, "{what} deletion started");
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => {
+            tracing::debug!(id, zone, "{what} already gone");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The error and its sources joined with `: `.
 fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];

@@ -553,17 +553,7 @@ pub async fn terminate(
             async move { req.send().await.map_err(map_gax_error) }
         })
         .await;
-    match result {
-        Ok(_) => {
-            tracing::info!(instance_id, zone = %data.zone, "instance deletion started");
-            Ok(())
-        }
-        Err(e) if is_not_found(&e) => {
-            tracing::debug!(instance_id, zone = %data.zone, "instance already gone");
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    super::errors::deletion_started(result, "instance", instance_id, &data.zone)
 }
 
 #[cfg(test)]

@@ -409,20 +409,10 @@ pub async fn terminate(
 ) -> BackendResult<()> {
     let name = node_name(&compute.config.project_id, &data.zone, node_id);
     let url = compute.clients.rest.tpu_url(&name);
-    match compute
+    let result = compute
         .rest("tpu.nodes.delete", Method::DELETE, &url, &[], None)
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(node_id, zone = %data.zone, "TPU node deletion started");
-            Ok(())
-        }
-        Err(e) if is_not_found(&e) => {
-            tracing::debug!(node_id, zone = %data.zone, "TPU node already gone");
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+        .await;
+    super::errors::deletion_started(result, "TPU node", node_id, &data.zone)
 }
 
 #[cfg(test)]
