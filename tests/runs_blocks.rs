@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use dstack_sdk::client::Client;
+use dstack_sdk::engine::Engine;
 use dstack_sdk::models::instances::InstanceStatus;
 use dstack_sdk::models::jobs::JobStatus;
 use dstack_sdk::models::logs::PollLogsRequest;
@@ -67,6 +68,29 @@ fn fleet_conf(
     conf
 }
 
+/// Engine logs in the test output.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A fresh engine whose fleet `ssh` has two IDLE hosts in `placement: cluster`, and a
+/// virtual repo for runs.
+async fn cluster() -> (Fixture, Engine, Client) {
+    let fx = Fixture::new().await;
+    let (engine, client) = fx.engine().await;
+    cluster_fleet(&fx, &client).await;
+    client
+        .project("main")
+        .runs()
+        .init_virtual_repo()
+        .await
+        .unwrap();
+    (fx, engine, client)
+}
+
 /// Applies fleet `ssh` with two hosts (both this machine; one agent serves both instances)
 /// and `placement: cluster`, and waits until both instances are IDLE.
 async fn cluster_fleet(fx: &Fixture, client: &Client) {
@@ -106,10 +130,7 @@ fn start_time(logs: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_share_one_instance() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     tokio::time::timeout(Duration::from_secs(300), async {
         let fx = Fixture::new().await;
         let (_engine, client) = fx.engine().await;
@@ -230,16 +251,10 @@ async fn blocks_share_one_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multinode_task_spans_cluster_instances() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     tokio::time::timeout(Duration::from_secs(300), async {
-        let fx = Fixture::new().await;
-        let (_engine, client) = fx.engine().await;
-        cluster_fleet(&fx, &client).await;
+        let (_fx, _engine, client) = cluster().await;
         let runs = client.project("main").runs();
-        runs.init_virtual_repo().await.unwrap();
         let mut spec = task(
             "multi",
             &["echo node=$DSTACK_NODE_RANK/$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP gpus=$DSTACK_GPUS_NUM", "sleep 2"],
@@ -279,16 +294,10 @@ async fn multinode_task_spans_cluster_instances() {
 /// runs, so the time the master's command starts is after the worker's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multinode_workers_first_starts_master_last() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     tokio::time::timeout(Duration::from_secs(300), async {
-        let fx = Fixture::new().await;
-        let (_engine, client) = fx.engine().await;
-        cluster_fleet(&fx, &client).await;
+        let (_fx, _engine, client) = cluster().await;
         let runs = client.project("main").runs();
-        runs.init_virtual_repo().await.unwrap();
         // The worker stays running a while: dstack's master waits for it to be `running`.
         let spec = multinode_task(
             "wfirst",
@@ -334,16 +343,10 @@ async fn multinode_workers_first_starts_master_last() {
 /// instances are free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multinode_master_done_stops_workers() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     tokio::time::timeout(Duration::from_secs(300), async {
-        let fx = Fixture::new().await;
-        let (_engine, client) = fx.engine().await;
-        cluster_fleet(&fx, &client).await;
+        let (_fx, _engine, client) = cluster().await;
         let runs = client.project("main").runs();
-        runs.init_virtual_repo().await.unwrap();
         let spec = multinode_task(
             "mdone",
             2,
