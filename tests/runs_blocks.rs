@@ -8,7 +8,10 @@
 //!   `DSTACK_MASTER_NODE_IP`, …) and the run is done when both are;
 //! * `startup_order: workers-first` starts the master after its worker, and
 //!   `stop_criteria: master-done` ends the run (and the sleeping worker, `done_by_runner`)
-//!   when the master is done.
+//!   when the master is done;
+//! * with `retry`, a failed worker retries its whole replica: the still-running master is
+//!   terminated ("Run is to be resubmitted"), the run waits out dstack's back-off as
+//!   `pending`, and both nodes get a new submission.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -371,6 +374,81 @@ async fn multinode_master_done_stops_workers() {
         assert_eq!(worker.status, JobStatus::Done, "{run:#?}");
         assert_eq!(worker.termination_reason.as_deref(), Some("done_by_runner"));
         assert!(all_logs(&client, &run, 0).await.contains("master-done"));
+        for idx in 0..2 {
+            wait_instance(&client, idx, Duration::from_secs(30), |i| {
+                i.status == InstanceStatus::Idle
+            })
+            .await;
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A failed node retries its whole replica (dstack 0.22.5 `runs/active.py`): the worker
+/// fails on its first submission while the master runs (`startup_order: master-first`
+/// makes sure it does); the master is terminated with `terminated_by_server`, the run is
+/// `pending` for the 15 s back-off, then both nodes run again and the run is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multinode_replica_retries_as_a_whole() {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let (_fx, _engine, client) = cluster().await;
+        let marks = tempfile::tempdir().unwrap();
+        let d = marks.path().display();
+        let runs = client.project("main").runs();
+        let script = format!(
+            "if [ \"$DSTACK_NODE_RANK\" = 1 ]; then \
+               if [ -e {d}/worker-failed ]; then echo worker-ok; \
+               else touch {d}/worker-failed; echo worker-fails; exit 3; fi; \
+             elif [ -e {d}/master-once ]; then sleep 3; echo master-ok; \
+             else touch {d}/master-once; sleep 600; fi"
+        );
+        let spec = multinode_task(
+            "retry-replica",
+            2,
+            &[script.as_str()],
+            serde_json::json!({
+                "startup_order": "master-first",
+                "retry": {"on_events": ["error"], "duration": "10m"},
+            }),
+        );
+        runs.apply(&spec).await.unwrap();
+        let pending = wait_run(&client, "retry-replica", Duration::from_secs(120), |r| {
+            r.status == RunStatus::Pending || r.status.is_finished()
+        })
+        .await;
+        assert_eq!(pending.status, RunStatus::Pending, "{pending:#?}");
+        let run = wait_run(&client, "retry-replica", Duration::from_secs(150), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Done, "{run:#?}");
+        let (master, worker) = (&run.jobs[0].job_submissions, &run.jobs[1].job_submissions);
+        assert_eq!((master.len(), worker.len()), (2, 2), "{run:#?}");
+        assert_eq!(worker[0].status, JobStatus::Failed, "{run:#?}");
+        assert_eq!(
+            worker[0].termination_reason.as_deref(),
+            Some("container_exited_with_error")
+        );
+        assert_eq!(master[0].status, JobStatus::Terminated, "{run:#?}");
+        assert_eq!(
+            master[0].termination_reason.as_deref(),
+            Some("terminated_by_server")
+        );
+        assert_eq!(
+            master[0].termination_reason_message.as_deref(),
+            Some("Run is to be resubmitted")
+        );
+        for subs in [master, worker] {
+            assert_eq!(subs[1].submission_num, 1);
+            assert_eq!(subs[1].status, JobStatus::Done, "{run:#?}");
+        }
+        // The new submissions came after the back-off, not at once.
+        let gap = master[1].submitted_at - worker[0].finished_at.unwrap();
+        assert!(gap.num_seconds() >= 14, "resubmitted after {gap}");
+        assert!(all_logs(&client, &run, 0).await.contains("master-ok"));
+        assert!(all_logs(&client, &run, 1).await.contains("worker-ok"));
         for idx in 0..2 {
             wait_instance(&client, idx, Duration::from_secs(30), |i| {
                 i.status == InstanceStatus::Idle

@@ -6,12 +6,16 @@ into the instance's cloud-init user data (read back from moto by an AuthorizedKe
 the same path a real VM's cloud-init takes. The server reaches every cloud instance at that
 sshd (`DSTACK_SERVER_INSTANCE_SSH_OVERRIDE`), deploys the agent over SSH and runs the task.
 
+Then an in-place fleet update: instances that no longer match the new `resources` are
+recycled (`fleet_spec_mismatch`) and replaced by ones that do.
+
 Flow: backend create (credentials checked against moto) → `dstack apply` of a cloud fleet →
 RunInstances in moto → IDLE → `dstack apply` of a task → logs → `dstack fleet delete` →
 TerminateInstances in moto.
 """
 import json
 import pathlib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -54,6 +58,9 @@ def env():
         GPUHUNT_CATALOG_DIR=str(pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "catalog" / "aws"),
         DSTACK_ENDPOINT_URL_AWS=moto_url,
         AWS_EC2_METADATA_DISABLED="true",
+        # Fleet consolidation every few seconds instead of dstack's minutes.
+        DSTACK_SERVER_FLEET_CONSOLIDATION_BACKOFF_UNIT="1",
+        DSTACK_SERVER_FLEET_PROCESSING_INTERVAL="1",
     )
     with cloud_env(KEYS_SCRIPT.format(python=sys.executable, moto=moto_url), server_env, [moto]) as s:
         s["moto"] = moto_url
@@ -152,3 +159,62 @@ resources:
             break
         assert time.time() < deadline, states
         time.sleep(1)
+
+
+def instance_row(s, iid):
+    """(status, termination_reason, message) of an instance row, deleted or not."""
+    con = sqlite3.connect(str(s["dir"] / "server" / "data" / "sqlite.db"))
+    try:
+        return con.execute("SELECT status, termination_reason, termination_reason_message "
+                           "FROM instances WHERE id = ?", (iid,)).fetchone()
+    finally:
+        con.close()
+
+
+def fleet_instances(s, name):
+    st, body = api(s, "/api/project/main/fleets/get", {"name": name})
+    assert st == 200, body
+    return body["instances"]
+
+
+def test_fleet_update_recycles_instances_that_no_longer_match(env):
+    """dstack 0.22.5 updates a cloud fleet's `resources` in place; its FleetPipeline then
+    terminates IDLE instances that do not match the new spec (`fleet_spec_mismatch`) and
+    creates replacements to keep `nodes`."""
+    fleet = """type: fleet
+name: upd
+nodes: 1
+backends: [aws]
+resources:
+  cpu: 2..
+  memory: {memory}
+  disk: 1GB..
+spot_policy: on-demand
+"""
+    (env["proj"] / "upd.dstack.yml").write_text(fleet.format(memory="1GB.."))
+    cli(env, "apply", "-f", "upd.dstack.yml", "-y", "-d")
+    first = wait_fleet_instance(env, "upd")
+    assert first["status"] == "idle" and first["instance_type"]["name"] == "t3.micro", first
+
+    (env["proj"] / "upd.dstack.yml").write_text(fleet.format(memory="2GB.."))
+    out = cli(env, "apply", "-f", "upd.dstack.yml", "-y", "-d").stdout
+    st, body = api(env, "/api/project/main/fleets/get", {"name": "upd"})
+    assert body["id"] == first["fleet_id"], "the fleet was re-created, not updated:\n" + out
+    assert body["spec"]["configuration"]["resources"]["memory"]["min"] == 2.0, body["spec"]
+
+    deadline = time.time() + 180
+    while True:
+        old = instance_row(env, first["id"])
+        new = [i for i in fleet_instances(env, "upd") if i["id"] != first["id"]]
+        if old[0] == "TERMINATED" and new and new[0]["status"] == "idle":
+            break
+        assert time.time() < deadline, f"{old} {new}" + env["log"].read_text()[-4000:]
+        time.sleep(1)
+    assert old[1:] == ("fleet_spec_mismatch", "Instance does not match fleet spec"), old
+    assert new[0]["instance_type"]["name"] == "t3.small", new[0]
+    assert new[0]["instance_num"] == 0, new[0]
+    states = {i["InstanceId"]: i["State"]["Name"] for i in moto_instances(env)}
+    old_vm = [k for k, v in states.items() if v in ("shutting-down", "terminated")]
+    assert old_vm, states
+
+    cli(env, "fleet", "delete", "upd", "-y")

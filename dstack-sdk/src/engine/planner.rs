@@ -16,8 +16,9 @@ use serde_json::Value;
 use crate::engine::Engine;
 use crate::engine::services::instances::{InstanceRow, select_instances};
 use crate::models::common::{Memory, Range};
+use crate::models::fleets::FleetSpec;
 use crate::models::instances::InstanceStatus;
-use crate::models::jobs::JobSpec;
+use crate::models::jobs::{JobProvisioningData, JobSpec};
 use crate::models::offers::{
     Disk, Gpu, InstanceAvailability, InstanceOffer, InstanceOfferWithAvailability, InstanceType,
     Resources,
@@ -26,6 +27,7 @@ use crate::models::profiles::Profile;
 use crate::models::resources::Requirements;
 use crate::offers::{Catalog, CatalogItem, QueryFilter, matches};
 use crate::spec::query::requirements_to_query_filter;
+use crate::spec::resources::fleet_requirements;
 
 /// The catalog the engine plans with (loaded from `GPUHUNT_CATALOG_DIR` at startup, empty
 /// otherwise), swappable at runtime.
@@ -220,6 +222,44 @@ fn profile_admits(profile: &Profile, backend: &str, region: &str, instance_type:
         return false;
     }
     true
+}
+
+/// dstack's `_instance_matches_fleet_spec` (`instance_matches_constraints` with the fleet's
+/// profile and requirements): whether a provisioned instance — its stored offer and
+/// provisioning data — still fits its fleet's spec after an in-place update. An instance
+/// without an offer has not been provisioned yet and fits (it will be provisioned from the
+/// current spec).
+pub(crate) fn instance_matches_fleet_spec(
+    offer: Option<&InstanceOfferWithAvailability>,
+    jpd: Option<&JobProvisioningData>,
+    spec: &FleetSpec,
+) -> bool {
+    let Some(offer) = offer else {
+        return true;
+    };
+    let profile = spec.merged_profile();
+    let p = &profile.params;
+    if let Some(jpd) = jpd {
+        let backend = jpd.base_backend.unwrap_or(jpd.backend);
+        let admitted = profile_admits(
+            &profile,
+            backend.as_str(),
+            &jpd.region,
+            &jpd.instance_type.name,
+        );
+        let zone_ok = match (&jpd.availability_zone, &p.availability_zones) {
+            (Some(zone), Some(zones)) => zones.iter().any(|z| z.eq_ignore_ascii_case(zone)),
+            _ => true,
+        };
+        if !admitted || !zone_ok {
+            return false;
+        }
+    }
+    let requirements = fleet_requirements(spec);
+    offer_matches(
+        offer,
+        &requirements_to_query_filter(Some(&requirements), false),
+    )
 }
 
 /// An instance of a fleet together with the offer it makes for a job.

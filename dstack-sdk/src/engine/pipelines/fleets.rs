@@ -7,9 +7,13 @@
 //! then 30 min by `consolidation_attempt`, from `last_consolidated_at` or the creation) has
 //! elapsed:
 //!
+//! 0. IDLE and PROVISIONING instances that no longer match the spec (after an in-place
+//!    update of `resources`, `backends`, `regions`, `availability_zones`, `instance_types`,
+//!    `spot_policy` or `max_price`; dstack's `_terminate_instances_not_matching_fleet_spec`)
+//!    go TERMINATING with `fleet_spec_mismatch` and no longer count towards `nodes`;
 //! 1. TERMINATED instances that are not deleted yet are marked deleted (they are replaced);
 //! 2. with fewer live instances than `nodes.min`, PENDING instances are created at the lowest
-//!    free `instance_num`s (the instance pipeline provisions them);
+//!    free `instance_num`s, replacing recycled ones (the instance pipeline provisions them);
 //! 3. with more than `nodes.max`, surplus IDLE instances go TERMINATING
 //!    (`max_instances_limit`).
 //!
@@ -19,6 +23,7 @@
 
 use std::time::Duration;
 
+use crate::engine::planner::instance_matches_fleet_spec;
 use crate::engine::services::fleets::insert_pending_cloud_instance;
 use crate::engine::{Engine, time};
 use crate::models::fleets::{FleetNodesSpec, FleetSpec};
@@ -71,6 +76,18 @@ struct FleetState {
     consolidation_attempt: i64,
     last_consolidated_at: Option<String>,
     created_at: String,
+}
+
+/// The instance columns consolidation reads.
+#[derive(sqlx::FromRow)]
+struct InstanceState {
+    id: String,
+    instance_num: i64,
+    status: String,
+    offer: Option<String>,
+    job_provisioning_data: Option<String>,
+    /// Held by the instance pipeline right now.
+    locked: bool,
 }
 
 /// What one consolidation did.
@@ -244,13 +261,52 @@ async fn consolidate(
     now: &str,
 ) -> crate::Result<Consolidated> {
     let mut out = Consolidated::default();
-    let instances: Vec<(String, i64, String)> = sqlx::query_as(
-        "SELECT id, instance_num, status FROM instances WHERE fleet_id = $1 AND deleted = FALSE \
-         ORDER BY instance_num, created_at",
+    let rows: Vec<InstanceState> = sqlx::query_as(
+        "SELECT id, instance_num, status, offer, job_provisioning_data, \
+         (lock_expires_at IS NOT NULL AND lock_expires_at >= $2) AS locked FROM instances \
+         WHERE fleet_id = $1 AND deleted = FALSE ORDER BY instance_num, created_at",
     )
     .bind(id)
+    .bind(now)
     .fetch_all(&mut **tx)
     .await?;
+    // 0. Provisioned instances that no longer fit the (updated) spec are recycled; they do
+    //    not count towards `nodes` any more.
+    let mut instances: Vec<(String, i64, String)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        if !row.locked && matches!(row.status.as_str(), "IDLE" | "PROVISIONING") {
+            let offer = row
+                .offer
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok());
+            let jpd = row
+                .job_provisioning_data
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok());
+            if !instance_matches_fleet_spec(offer.as_ref(), jpd.as_ref(), spec) {
+                let r = sqlx::query(
+                    "UPDATE instances SET status = 'TERMINATING', termination_reason = $1, \
+                     termination_reason_message = 'Instance does not match fleet spec', \
+                     skip_min_processing_interval = TRUE, last_processed_at = $2 \
+                     WHERE id = $3 AND status = $4 AND busy_blocks = 0 \
+                     AND (lock_expires_at IS NULL OR lock_expires_at < $2)",
+                )
+                .bind(InstanceTerminationReason::FleetSpecMismatch.as_str())
+                .bind(now)
+                .bind(&row.id)
+                .bind(&row.status)
+                .execute(&mut **tx)
+                .await?;
+                if r.rows_affected() == 1 {
+                    out.changes_required = true;
+                    tracing::info!(fleet = %fleet.name, instance = %row.id,
+                        "terminating an instance that does not match the fleet spec");
+                    continue;
+                }
+            }
+        }
+        instances.push((row.id, row.instance_num, row.status));
+    }
     // 1. TERMINATED but not deleted: they are going to be replaced.
     for (iid, _, status) in &instances {
         if status == "TERMINATED" {

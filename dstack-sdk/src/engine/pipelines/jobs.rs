@@ -23,15 +23,15 @@ use crate::agent::protocol::runner::{JobInfoResponse, JobState, SubmitBody};
 use crate::agent::protocol::shim::{TaskConfig, TaskStatus, TerminateRequest};
 use crate::engine::fleet_choice::ChoiceOptions;
 use crate::engine::services::instances::{InstanceRow, select_instances};
-use crate::engine::services::runs::{JobRow, RunRow, enum_from_db, enum_to_db, select_jobs};
+use crate::engine::services::runs::{JobRow, RunRow, enum_to_db, select_jobs};
 use crate::engine::{Engine, time};
 use crate::models::instances::InstanceStatus;
 use crate::models::jobs::{
     JobProvisioningData, JobRuntimeData, JobSpec, JobStatus, JobTerminationReason,
 };
 use crate::models::offers::InstanceOfferWithAvailability;
-use crate::models::profiles::{CreationPolicy, RetryEvent, StartupOrder};
-use crate::models::runs::{RunSpec, RunStatus, RunTerminationReason};
+use crate::models::profiles::{CreationPolicy, StartupOrder};
+use crate::models::runs::RunSpec;
 use crate::{Error, ErrorKind};
 
 use super::{Lease, Pipeline, PipelineKind, db_before};
@@ -48,6 +48,11 @@ mod container_jobs;
 /// Multi-node run options (`startup_order`, `stop_criteria`): see its module docs.
 #[path = "multinode.rs"]
 mod multinode;
+
+/// The run pipeline's work on one run (status, retry, termination): see its module docs.
+#[path = "runs.rs"]
+mod runs;
+use runs::process_run;
 
 /// The job pipeline.
 pub(crate) struct JobPipeline;
@@ -1085,152 +1090,6 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
     .await
 }
 
-async fn process_run(engine: &Engine, id: &str) -> crate::Result<()> {
-    let Some(run) = run_row(engine, id).await? else {
-        return Ok(());
-    };
-    let status: RunStatus = enum_from_db(&run.status).unwrap_or(RunStatus::Failed);
-    if status == RunStatus::Pending {
-        return resubmit_when_due(engine, &run).await;
-    }
-    // A job's latest submissions (id, status, instance or container, replica, number).
-    // A container-backend job has no instance but a container to delete: it terminates too.
-    let jobs: Vec<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
-        "SELECT id, status, COALESCE(instance_id, CASE WHEN job_provisioning_data IS NULL \
-         THEN NULL ELSE 'container' END), replica_num, job_num FROM jobs j WHERE run_id = $1 \
-         AND submission_num = (SELECT MAX(submission_num) FROM jobs k WHERE k.run_id = j.run_id \
-          AND k.job_num = j.job_num AND k.replica_num = j.replica_num)",
-    )
-    .bind(id)
-    .fetch_all(engine.store().reader())
-    .await?;
-    let statuses: Vec<JobStatus> = jobs
-        .iter()
-        .map(|(_, s, ..)| enum_from_db(s).unwrap_or(JobStatus::Failed))
-        .collect();
-    // dstack's `_should_stop_on_master_done` (`stop_criteria: master-done`): checked after a
-    // non-retryable failure and before a retry, which it overrides.
-    let master_done = status != RunStatus::Terminating && {
-        let nodes: Vec<multinode::Node> = jobs
-            .iter()
-            .zip(&statuses)
-            .map(|((_, _, _, replica_num, job_num), st)| multinode::Node {
-                replica_num: *replica_num,
-                job_num: *job_num,
-                status: *st,
-            })
-            .collect();
-        let criteria = serde_json::from_str::<RunSpec>(&run.run_spec)
-            .ok()
-            .and_then(|s| s.merged_profile().params.stop_criteria);
-        multinode::stops_on_master_done(criteria, &nodes)
-    };
-    let retry = status != RunStatus::Terminating && needs_retry(engine, &run).await?;
-    if retry && !master_done {
-        let mut tx = engine.store().begin().await?;
-        sqlx::query(
-            "UPDATE runs SET status = 'pending', resubmission_attempt = resubmission_attempt + 1, \
-             last_processed_at = $1 WHERE id = $2",
-        )
-        .bind(time::to_db(time::now()))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        tracing::info!(run = %run.run_name, "a job failed; the run waits to be resubmitted by its retry policy");
-        return Ok(());
-    }
-    let now = time::to_db(time::now());
-    let run_reason = run
-        .termination_reason
-        .as_deref()
-        .and_then(RunTerminationReason::from_wire);
-    let terminate_with = |reason: RunTerminationReason| reason.to_job_termination_reason();
-    let (new_status, new_reason) = if status == RunStatus::Terminating {
-        let reason = run_reason.unwrap_or(RunTerminationReason::StoppedByUser);
-        // Terminate the unfinished jobs; unassigned ones finish at once.
-        let job_reason = terminate_with(reason);
-        let mut tx = engine.store().begin().await?;
-        for ((jid, _, inst, ..), st) in jobs.iter().zip(&statuses) {
-            if st.is_finished() || *st == JobStatus::Terminating {
-                continue;
-            }
-            let next = if inst.is_some() {
-                JobStatus::Terminating
-            } else {
-                job_reason.to_status()
-            };
-            sqlx::query(
-                "UPDATE jobs SET status = $1, termination_reason = $2, \
-                 finished_at = CASE WHEN $3 THEN $4 ELSE finished_at END, \
-                 skip_min_processing_interval = TRUE WHERE id = $5",
-            )
-            .bind(enum_to_db(next))
-            .bind(job_reason.as_str())
-            .bind(next.is_finished())
-            .bind(&now)
-            .bind(jid)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        engine.hint(PipelineKind::Jobs);
-        let all_done = jobs_all_finished(engine, id).await?;
-        if all_done {
-            (reason.to_status(), Some(reason))
-        } else {
-            (RunStatus::Terminating, Some(reason))
-        }
-    } else if !(master_done && retry)
-        && statuses.iter().any(|s| {
-            matches!(
-                s,
-                JobStatus::Failed | JobStatus::Terminated | JobStatus::Aborted
-            )
-        })
-    {
-        let reason = RunTerminationReason::JobFailed;
-        if statuses.iter().all(|s| s.is_finished()) {
-            (reason.to_status(), Some(reason))
-        } else {
-            (RunStatus::Terminating, Some(reason))
-        }
-    } else if master_done && !statuses.iter().all(|s| *s == JobStatus::Done) {
-        // The other jobs are terminated with `done_by_runner` on the next tick.
-        (
-            RunStatus::Terminating,
-            Some(RunTerminationReason::AllJobsDone),
-        )
-    } else if !statuses.is_empty() && statuses.iter().all(|s| *s == JobStatus::Done) {
-        (RunStatus::Done, Some(RunTerminationReason::AllJobsDone))
-    } else if statuses.contains(&JobStatus::Running) {
-        (RunStatus::Running, None)
-    } else if statuses
-        .iter()
-        .any(|s| matches!(s, JobStatus::Provisioning | JobStatus::Pulling))
-    {
-        (RunStatus::Provisioning, None)
-    } else {
-        (RunStatus::Submitted, None)
-    };
-    if new_status != status || new_reason != run_reason {
-        let mut tx = engine.store().begin().await?;
-        sqlx::query(
-            "UPDATE runs SET status = $1, termination_reason = $2, last_processed_at = $3 \
-             WHERE id = $4",
-        )
-        .bind(enum_to_db(new_status))
-        .bind(new_reason.map(RunTerminationReason::as_str))
-        .bind(&now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        tracing::info!(run = %run.run_name, status = %new_status.as_str(), "run status changed");
-    }
-    Ok(())
-}
-
 /// The jobs of a run as the multi-node rules see them.
 fn run_nodes(jobs: &[JobRow]) -> Vec<multinode::Node> {
     jobs.iter()
@@ -1252,140 +1111,4 @@ async fn latest_jobs(engine: &Engine, run_id: &str) -> crate::Result<Vec<JobRow>
     .bind(run_id)
     .fetch_all(engine.store().reader())
     .await?)
-}
-
-/// Whether a failed latest submission of the run should be resubmitted (dstack's
-/// `_should_retry_job`): its termination reason maps to an event of the job's retry policy
-/// and the retry window has not passed — measured from the run's submission for
-/// `no-capacity` before the job ever got an instance, else from the last provisioned
-/// submission.
-async fn needs_retry(engine: &Engine, run: &RunRow) -> crate::Result<bool> {
-    let now = time::now();
-    let mut any = false;
-    for job in latest_jobs(engine, &run.id).await? {
-        let st = job.status();
-        let retryable_status = st == JobStatus::Failed
-            || (matches!(st, JobStatus::Terminated | JobStatus::Aborted)
-                && !matches!(
-                    job.termination_reason.as_deref(),
-                    Some("done_by_runner" | "scaled_down")
-                ));
-        if !retryable_status {
-            if st.is_finished() && st != JobStatus::Done {
-                return Ok(false);
-            }
-            continue;
-        }
-        let Some(reason) = job
-            .termination_reason
-            .as_deref()
-            .and_then(JobTerminationReason::from_wire)
-        else {
-            return Ok(false);
-        };
-        let Some(retry) = job.spec()?.retry else {
-            return Ok(false);
-        };
-        let Some(event) = reason.to_retry_event() else {
-            return Ok(false);
-        };
-        if !retry.on_events.contains(&event) {
-            return Ok(false);
-        }
-        let provisioned: Option<(String,)> = sqlx::query_as(
-            "SELECT last_processed_at FROM jobs WHERE run_id = $1 AND job_num = $2 \
-             AND replica_num = $3 AND job_provisioning_data IS NOT NULL \
-             ORDER BY submission_num DESC LIMIT 1",
-        )
-        .bind(&run.id)
-        .bind(job.job_num)
-        .bind(job.replica_num)
-        .fetch_optional(engine.store().reader())
-        .await?;
-        let since = match (&provisioned, event) {
-            (None, RetryEvent::NoCapacity) => time::from_db(&run.submitted_at),
-            (Some((at,)), _) => time::from_db(at),
-            (None, _) => return Ok(false),
-        };
-        let elapsed = since.map(|t| (now - t).num_seconds()).unwrap_or(i64::MAX);
-        if elapsed >= retry.duration {
-            return Ok(false);
-        }
-        any = true;
-    }
-    Ok(any)
-}
-
-/// dstack's back-off between resubmissions of a pending run.
-fn retry_delay(attempt: i64) -> Duration {
-    const DELAYS: [u64; 6] = [15, 30, 60, 120, 300, 600];
-    let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(0);
-    Duration::from_secs(DELAYS[i.min(DELAYS.len() - 1)])
-}
-
-/// A PENDING run gets new submissions of its unfinished jobs once the back-off passed.
-async fn resubmit_when_due(engine: &Engine, run: &RunRow) -> crate::Result<()> {
-    let (attempt,): (i64,) = sqlx::query_as("SELECT resubmission_attempt FROM runs WHERE id = $1")
-        .bind(&run.id)
-        .fetch_one(engine.store().reader())
-        .await?;
-    let jobs = latest_jobs(engine, &run.id).await?;
-    let last = jobs
-        .iter()
-        .filter_map(|j| time::from_db(&j.last_processed_at))
-        .max()
-        .unwrap_or_else(time::now);
-    let waited = (time::now() - last).to_std().unwrap_or_default();
-    if waited < retry_delay(attempt) {
-        return Ok(());
-    }
-    let now = time::to_db(time::now());
-    let mut tx = engine.store().begin().await?;
-    for j in jobs.iter().filter(|j| j.status() != JobStatus::Done) {
-        let (project_id, job_name): (String, String) =
-            sqlx::query_as("SELECT project_id, job_name FROM jobs WHERE id = $1")
-                .bind(&j.id)
-                .fetch_one(engine.store().reader())
-                .await?;
-        sqlx::query(
-            "INSERT INTO jobs (id, project_id, run_id, run_name, job_num, job_name, replica_num, \
-             submission_num, deployment_num, submitted_at, last_processed_at, status, \
-             job_spec_data) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10,'submitted',$11)",
-        )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(&project_id)
-        .bind(&run.id)
-        .bind(&run.run_name)
-        .bind(j.job_num)
-        .bind(&job_name)
-        .bind(j.replica_num)
-        .bind(j.submission_num + 1)
-        .bind(j.deployment_num)
-        .bind(&now)
-        .bind(&j.job_spec_data)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "UPDATE runs SET status = 'submitted', termination_reason = NULL, last_processed_at = $1 \
-         WHERE id = $2",
-    )
-    .bind(&now)
-    .bind(&run.id)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    tracing::info!(run = %run.run_name, attempt, "run resubmitted by its retry policy");
-    engine.hint(PipelineKind::Jobs);
-    Ok(())
-}
-
-async fn jobs_all_finished(engine: &Engine, run_id: &str) -> crate::Result<bool> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_all(engine.store().reader())
-        .await?;
-    Ok(rows
-        .iter()
-        .all(|(s,)| enum_from_db::<JobStatus>(s).is_some_and(JobStatus::is_finished)))
 }
