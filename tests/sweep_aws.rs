@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The engine's sweep of leaked cloud instances against moto (`moto_server` from the oracle
-//! venv that `scripts/oracle-venv.sh` creates).
+//! The engine's sweep of leaked cloud instances and Elastic IPs against moto (`moto_server`
+//! from the oracle venv that `scripts/oracle-venv.sh` creates).
 //!
 //! The engine builds its AWS backend from the stored config, and the EC2 endpoint override
 //! comes from `DSTACK_ENDPOINT_URL_AWS`, which must be set before the process reads it (and
@@ -109,6 +109,39 @@ async fn run_tagged(ec2: &aws_sdk_ec2::Client, ami: &str, tags: &[(&str, &str)])
     out.instances()[0].instance_id().unwrap().to_string()
 }
 
+/// Allocates an Elastic IP with `tags` directly in moto; returns its allocation id.
+async fn allocate_tagged(ec2: &aws_sdk_ec2::Client, tags: &[(&str, String)]) -> String {
+    let mut spec = TagSpecification::builder().resource_type(ResourceType::ElasticIp);
+    for (k, v) in tags {
+        spec = spec.tags(Tag::builder().key(*k).value(v).build());
+    }
+    let out = ec2
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .unwrap();
+    out.allocation_id().unwrap().to_string()
+}
+
+/// The allocation ids of the Elastic IPs that exist.
+async fn addresses(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
+    let out = ec2.describe_addresses().send().await.unwrap();
+    let mut ids: Vec<String> = out
+        .addresses()
+        .iter()
+        .filter_map(|a| a.allocation_id().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
 async fn state(ec2: &aws_sdk_ec2::Client, id: &str) -> String {
     let out = ec2
         .describe_instances()
@@ -174,7 +207,8 @@ async fn child(url: String) {
         .await
         .unwrap();
 
-    // Instance rows: one IDLE, one TERMINATED.
+    // Instance rows: one IDLE, one TERMINATED, one IDLE whose provisioning data names
+    // another cloud instance (the one tagged with it is left over from an earlier attempt).
     let db = sqlx::SqlitePool::connect(&format!(
         "sqlite://{}",
         server_dir.join("data").join("sqlite.db").display()
@@ -185,16 +219,25 @@ async fn child(url: String) {
         .fetch_one(&db)
         .await
         .unwrap();
-    let (idle_row, terminated_row) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
-    for (num, (id, status)) in [(&idle_row, "IDLE"), (&terminated_row, "TERMINATED")]
-        .into_iter()
-        .enumerate()
+    let (idle_row, terminated_row, superseded_row) = (
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+    );
+    let current = json!({"backend": "aws", "instance_id": "i-0123456789abcdef0"}).to_string();
+    for (num, (id, status, jpd)) in [
+        (&idle_row, "IDLE", None),
+        (&terminated_row, "TERMINATED", None),
+        (&superseded_row, "IDLE", Some(current)),
+    ]
+    .into_iter()
+    .enumerate()
     {
         sqlx::query(
             "INSERT INTO instances (id, name, instance_num, project_id, created_at, \
-             last_processed_at, status, backend, region) \
+             last_processed_at, status, backend, region, job_provisioning_data) \
              VALUES ($1, $2, $3, $4, '2024-01-01T00:00:00.000000+00:00', \
-             '2024-01-01T00:00:00.000000+00:00', $5, 'aws', $6)",
+             '2024-01-01T00:00:00.000000+00:00', $5, 'aws', $6, $7)",
         )
         .bind(id)
         .bind(format!("fleet-{num}"))
@@ -202,6 +245,7 @@ async fn child(url: String) {
         .bind(&project_id)
         .bind(status)
         .bind(REGION)
+        .bind(jpd)
         .execute(&db)
         .await
         .unwrap();
@@ -237,6 +281,7 @@ async fn child(url: String) {
     let unknown = run(ours(&Uuid::new_v4().to_string())).await;
     let idle = run(ours(&idle_row)).await;
     let terminated = run(ours(&terminated_row)).await;
+    let superseded = run(ours(&superseded_row)).await;
     let no_instance_tag = run(vec![("dstack_server_id", SERVER_ID.to_string())]).await;
     let other_server = run(vec![
         ("dstack_server_id", "another-server".to_string()),
@@ -244,46 +289,94 @@ async fn child(url: String) {
     ])
     .await;
 
+    // Elastic IPs, tagged as `create_instance` tags them (with the allocation time).
+    let allocated_now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let eip = |instance: &str| {
+        let mut tags = ours(instance);
+        tags.push(("dstack_allocated_at", allocated_now.clone()));
+        tags
+    };
+    let eip_unknown = allocate_tagged(&ec2, &eip(&Uuid::new_v4().to_string())).await;
+    let eip_terminated = allocate_tagged(&ec2, &eip(&terminated_row)).await;
+    let eip_idle = allocate_tagged(&ec2, &eip(&idle_row)).await;
+    // Associated (with an instance that is not ours): left alone whatever its row says.
+    let eip_associated = allocate_tagged(&ec2, &eip(&Uuid::new_v4().to_string())).await;
+    ec2.associate_address()
+        .allocation_id(&eip_associated)
+        .instance_id(&other_server)
+        .send()
+        .await
+        .unwrap();
+    // No allocation time: its age is unknown, so it is never released.
+    let eip_no_time = allocate_tagged(&ec2, &ours(&Uuid::new_v4().to_string())).await;
+    let eip_other = allocate_tagged(
+        &ec2,
+        &[
+            ("dstack_server_id", "another-server".to_string()),
+            ("dstack_instance_id", Uuid::new_v4().to_string()),
+        ],
+    )
+    .await;
+    let all_eips = sorted(vec![
+        eip_unknown.clone(),
+        eip_terminated.clone(),
+        eip_idle.clone(),
+        eip_associated.clone(),
+        eip_no_time.clone(),
+        eip_other.clone(),
+    ]);
+
     // Within the grace period nothing is touched.
     let report = engine
         .sweep_cloud_instances(Duration::from_secs(3600))
         .await
         .unwrap();
     assert!(report.errors.is_empty(), "{report:?}");
-    assert_eq!(report.listed, 4, "{report:?}");
+    assert_eq!(report.listed, 5 + 5, "{report:?}");
     assert!(report.terminated.is_empty(), "{report:?}");
-    let mut young = report.too_young.clone();
-    young.sort();
-    let mut leaked = vec![unknown.clone(), terminated.clone()];
-    leaked.sort();
-    assert_eq!(young, leaked);
+    let leaked = sorted(vec![
+        unknown.clone(),
+        terminated.clone(),
+        superseded.clone(),
+        eip_unknown.clone(),
+        eip_terminated.clone(),
+    ]);
+    let mut young = leaked.clone();
+    young.push(eip_no_time.clone());
+    assert_eq!(sorted(report.too_young.clone()), sorted(young));
     for id in [
         &unknown,
         &idle,
         &terminated,
+        &superseded,
         &no_instance_tag,
         &other_server,
     ] {
         assert_eq!(state(&ec2, id).await, "running", "{id}");
     }
+    assert_eq!(addresses(&ec2).await, all_eips);
 
-    // Past it, the instance without a row and the one whose row is TERMINATED go.
+    // Past it, the instance without a row, the one whose row is TERMINATED, the one its row
+    // no longer names, and the unassociated addresses of unknown or terminated rows go.
     let report = engine.sweep_cloud_instances(Duration::ZERO).await.unwrap();
     assert!(report.errors.is_empty(), "{report:?}");
-    let mut gone = report.terminated.clone();
-    gone.sort();
-    assert_eq!(gone, leaked);
-    for id in [&unknown, &terminated] {
+    assert_eq!(sorted(report.terminated.clone()), leaked);
+    assert_eq!(report.too_young, std::slice::from_ref(&eip_no_time));
+    for id in [&unknown, &terminated, &superseded] {
         let s = state(&ec2, id).await;
         assert!(s == "shutting-down" || s == "terminated", "{id}: {s}");
     }
     for id in [&idle, &no_instance_tag, &other_server] {
         assert_eq!(state(&ec2, id).await, "running", "{id}");
     }
+    assert_eq!(
+        addresses(&ec2).await,
+        sorted(vec![eip_idle, eip_associated, eip_no_time, eip_other])
+    );
 
     // A later pass finds nothing more to do.
     let report = engine.sweep_cloud_instances(Duration::ZERO).await.unwrap();
     assert!(report.errors.is_empty(), "{report:?}");
-    assert_eq!(report.listed, 2, "{report:?}");
+    assert_eq!(report.listed, 2 + 3, "{report:?}");
     assert!(report.terminated.is_empty(), "{report:?}");
 }

@@ -15,7 +15,9 @@
 //! used by"), `reservations.aggregatedList` (the `name = "…"` of the filter picks the
 //! reservations of [`Fake::reservations`]), and the Cloud TPU v2 API under
 //! `/v2/projects/{project}/locations/{zone}`: `nodes` create (`?nodeId=`) / get / delete with
-//! long-running operations (`done: false`, then `done: true` with `response` or
+//! long-running operations, and `nodes.list` (`{"nodes": [...], "nextPageToken"}`, pages of
+//! [`Fake::tpu_page_size`] nodes, the token being the index of the next node; the TPU API
+//! has no filter, so every node of the zone is listed; new nodes get a `createTime`) (`done: false`, then `done: true` with `response` or
 //! `error: {code, message}` — code 8 for zones in [`Fake::tpu_exhausted_zones`]; synchronous
 //! errors from [`Fake::tpu_create_errors`]); nodes go `CREATING` → `READY` (with
 //! `networkEndpoints`) on successive reads.
@@ -90,6 +92,10 @@ pub struct Fake {
     pub tpu_exhausted_zones: BTreeSet<String>,
     /// Zone → synchronous `nodes.create` error: (HTTP status, status name, message).
     pub tpu_create_errors: BTreeMap<String, (u16, String, String)>,
+    /// Nodes per `nodes.list` page (all when `None`).
+    pub tpu_page_size: Option<usize>,
+    /// Zone → `nodes.list` error: (HTTP status, status name, message).
+    pub tpu_list_errors: BTreeMap<String, (u16, String, String)>,
     /// (project, region, name) → resource policy.
     pub resource_policies: BTreeMap<(String, String, String), Value>,
     /// Reservations: (project, zone, reservation).
@@ -589,6 +595,7 @@ pub async fn handle(
                 let mut node = body_json.clone();
                 node["name"] = json!(node_name);
                 node["state"] = json!("CREATING");
+                node["createTime"] = json!("2024-05-01T17:00:00.000000Z");
                 f.tpu_nodes.insert(key, (node, 0));
             }
             f.counter += 1;
@@ -607,6 +614,29 @@ pub async fn handle(
             });
             f.tpu_operations.insert(op_name, (op.clone(), 0, error));
             ok(&op)
+        }
+        // TPU nodes.list
+        ("GET", ["v2", "projects", project, "locations", zone, "nodes"]) => {
+            if let Some((code, status, message)) = f.tpu_list_errors.get(*zone).cloned() {
+                return google_error(code, &status, "tpuError", &message);
+            }
+            let nodes: Vec<Value> = f
+                .tpu_nodes
+                .iter()
+                .filter(|((p, z, _), _)| p == project && z == zone)
+                .map(|(_, (n, _))| n.clone())
+                .collect();
+            let start: usize = query_param(&query, "pageToken")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            let size = f.tpu_page_size.unwrap_or(usize::MAX).max(1);
+            let end = start.saturating_add(size).min(nodes.len());
+            let page = nodes.get(start..end).unwrap_or_default().to_vec();
+            let mut body = json!({"nodes": page});
+            if end < nodes.len() {
+                body["nextPageToken"] = json!(end.to_string());
+            }
+            ok(&body)
         }
         // TPU operations.get
         (

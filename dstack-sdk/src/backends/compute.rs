@@ -9,9 +9,10 @@
 //!   polled until the hostname is known.
 //! - [`ComputeWithRunJob`]: container backends (one container per job, no fleets).
 //! - [`ComputeWithPlacementGroups`]: cluster placement for multi-node fleets.
-//! - [`ComputeWithSweep`]: listing the VMs this server tagged, so that the engine's sweep can
-//!   terminate those the database does not know (deletion reuses
-//!   [`Compute::terminate_instance`]).
+//! - [`ComputeWithSweep`]: listing the cloud resources this server tagged (VMs, TPU nodes,
+//!   Elastic IPs, job containers; see [`TaggedKind`]), so that the engine's sweep can delete
+//!   those the database does not know ([`ComputeWithSweep::delete_tagged`], which for
+//!   instances is [`Compute::terminate_instance`]).
 
 use std::fmt;
 
@@ -327,55 +328,138 @@ pub trait ComputeWithPlacementGroups: Compute {
     ) -> bool;
 }
 
-/// One cloud instance carrying this server's `dstack_server_id` tag (or GCP label), as
-/// [`ComputeWithSweep::list_tagged_instances`] finds it.
+/// What kind of cloud resource a [`TaggedInstance`] is: it says which row owns the resource
+/// (the `dstack_instance_id` tag names an `instances` row or a `jobs` row) and how the sweep
+/// judges and deletes it (see `engine::sweep`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaggedKind {
+    /// A VM created for an instance row; deleted with [`Compute::terminate_instance`].
+    #[default]
+    Vm,
+    /// A Cloud TPU node created for an instance row (GCP); deleted with
+    /// [`Compute::terminate_instance`] (its backend data says it is a TPU node).
+    TpuNode,
+    /// A public address allocated for an instance row's VM (an AWS Elastic IP); released with
+    /// [`ComputeWithSweep::delete_tagged`]. Never swept while attached to anything
+    /// ([`TaggedInstance::attached_to`]).
+    Address,
+    /// A job container created for a job row (a Kubernetes job pod with its service and
+    /// registry secret); deleted with [`Compute::terminate_instance`]. Its
+    /// `dstack_instance_id` tag is the job id.
+    JobContainer,
+}
+
+impl TaggedKind {
+    /// Whether the `dstack_instance_id` tag names a `jobs` row (else an `instances` row).
+    pub fn owned_by_job(self) -> bool {
+        matches!(self, Self::JobContainer)
+    }
+
+    /// A short name for logs and reports (`vm`, `tpu_node`, `address`, `job_container`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vm => "vm",
+            Self::TpuNode => "tpu_node",
+            Self::Address => "address",
+            Self::JobContainer => "job_container",
+        }
+    }
+}
+
+impl fmt::Display for TaggedKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One cloud resource carrying this server's `dstack_server_id` tag (or GCP / Kubernetes
+/// label), as [`ComputeWithSweep::list_tagged_instances`] finds it: a VM, a TPU node, an
+/// Elastic IP or a job container ([`TaggedKind`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TaggedInstance {
-    /// The cloud's id of the instance: what [`Compute::terminate_instance`] takes (EC2
-    /// instance id, GCP instance name, Azure VM name).
+    /// What kind of resource it is (default [`TaggedKind::Vm`]).
+    pub kind: TaggedKind,
+    /// The cloud's id of the resource: what [`Compute::terminate_instance`] takes for
+    /// instances (EC2 instance id, GCP instance name, TPU node id, Azure VM name, Kubernetes
+    /// pod name), the allocation id of an Elastic IP.
     pub instance_id: String,
-    /// The region (the `region` argument of [`Compute::terminate_instance`]).
+    /// The region (the `region` argument of [`Compute::terminate_instance`]; the cluster's
+    /// region for Kubernetes).
     pub region: String,
-    /// The availability zone, when the cloud places instances in one.
+    /// The availability zone, when the cloud places the resource in one.
     pub zone: Option<String>,
-    /// The `dstack_instance_id` tag: the instance row it was created for (`None` for
-    /// resources not created for an instance row).
+    /// The `dstack_instance_id` tag: the instance row it was created for, or the job row for
+    /// [`TaggedKind::JobContainer`] (`None` for resources not created for a row).
     pub dstack_instance_id: Option<String>,
     /// The cloud's state, as the cloud spells it (e.g. `running`, `RUNNING`, `Succeeded`).
     pub state: String,
-    /// When the cloud created it, if it says.
+    /// When the cloud created it, if it says (for Elastic IPs: the `dstack_allocated_at` tag
+    /// written at allocation).
     pub created_at: Option<DateTime<Utc>>,
-    /// What [`Compute::terminate_instance`] takes as `backend_data` to delete the instance
+    /// What the resource is attached to, when it is (an Elastic IP's association). Attached
+    /// resources are never swept: they go with what they are attached to.
+    pub attached_to: Option<String>,
+    /// What [`Compute::terminate_instance`] takes as `backend_data` to delete the resource
     /// and what was created with it.
     pub backend_data: Option<String>,
 }
 
 impl TaggedInstance {
-    /// An instance with the required fields; the rest empty.
+    /// A [`TaggedKind::Vm`] with the required fields; the rest empty.
     pub fn new(
         instance_id: impl Into<String>,
         region: impl Into<String>,
         state: impl Into<String>,
     ) -> Self {
         Self {
+            kind: TaggedKind::Vm,
             instance_id: instance_id.into(),
             region: region.into(),
             zone: None,
             dstack_instance_id: None,
             state: state.into(),
             created_at: None,
+            attached_to: None,
             backend_data: None,
         }
     }
+
+    /// Sets the kind.
+    pub fn with_kind(mut self, kind: TaggedKind) -> Self {
+        self.kind = kind;
+        self
+    }
 }
 
-/// Backends that can list the instances a server created, so that instances the database
-/// lost track of (a crash between the cloud call and the row write, a lost terminate) can be
-/// found and terminated with [`Compute::terminate_instance`].
+/// Backends that can list the resources a server created, so that those the database lost
+/// track of (a crash between the cloud call and the row write, a lost terminate) can be found
+/// and deleted. The engine's sweep (`engine::sweep`) alone decides what is leaked; the
+/// backend only lists and deletes.
 #[async_trait::async_trait]
 pub trait ComputeWithSweep: Compute {
-    /// The instances tagged `dstack_server_id = server_id` in every region this backend is
-    /// configured for, except those already terminated or being deleted.
+    /// The resources tagged `dstack_server_id = server_id` in every region this backend is
+    /// configured for (VMs and, where the backend creates them, TPU nodes, Elastic IPs or job
+    /// containers), except those already terminated or being deleted.
     async fn list_tagged_instances(&self, server_id: &str) -> BackendResult<Vec<TaggedInstance>>;
+
+    /// Deletes one listed resource; one already gone is a success. The default terminates
+    /// instances, TPU nodes and job containers with [`Compute::terminate_instance`] (their
+    /// id, region and backend data) and refuses [`TaggedKind::Address`]
+    /// ([`BackendError::Unsupported`](super::BackendError::Unsupported)): backends that list
+    /// addresses override it.
+    async fn delete_tagged(&self, t: &TaggedInstance) -> BackendResult<()> {
+        match t.kind {
+            TaggedKind::Address => Err(super::BackendError::Unsupported(format!(
+                "the {} backend cannot release address {}",
+                self.backend_type().as_str(),
+                t.instance_id
+            ))),
+            _ => {
+                self.terminate_instance(&t.instance_id, &t.region, t.backend_data.as_deref())
+                    .await
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ use super::AwsCompute;
 use super::errors::{code_of, map_sdk_error};
 use super::images::find_image;
 use super::networking::{ensure_security_group, resolve, tag_spec};
+use super::sweep::TAG_ALLOCATED_AT;
 use crate::backends::common::cloud_init::{AgentBootstrap, render_cloud_config};
 use crate::backends::common::tags::ResourceTags;
 use crate::backends::compute::{InstanceConfiguration, PlacementGroupProvisioningData};
@@ -547,7 +548,11 @@ pub async fn update_provisioning_data(
 }
 
 /// Multi-interface (EFA) instances get no automatic public IP: allocate an Elastic IP
-/// (tagged like the instance) and associate it with the primary interface.
+/// (tagged like the instance, which names the server and the instance row, plus
+/// [`TAG_ALLOCATED_AT`] for the sweep's grace period) and associate it with the primary
+/// interface. When the association fails the address is released again at once (best
+/// effort: one left behind is unassociated and tagged, so the engine's sweep releases it
+/// once the instance row is gone).
 async fn attach_elastic_ip(
     compute: &AwsCompute,
     jpd: &JobProvisioningData,
@@ -571,11 +576,16 @@ async fn attach_elastic_ip(
                 jpd.instance_id
             ),
         })?;
-    let tags: Vec<(String, String)> = instance
+    let mut tags: Vec<(String, String)> = instance
         .tags()
         .iter()
         .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .filter(|(k, _)| k != TAG_ALLOCATED_AT)
         .collect();
+    tags.push((
+        TAG_ALLOCATED_AT.to_string(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    ));
     let alloc = compute
         .call("AllocateAddress", || {
             let ec2 = ec2.clone();
@@ -610,7 +620,33 @@ async fn attach_elastic_ip(
                     .map_err(map_sdk_error)
             }
         })
-        .await?;
+        .await;
+    let assoc = match assoc {
+        Ok(a) => a,
+        Err(e) => {
+            // The provisioning data is not saved on error: release the address now rather
+            // than allocate another on the next poll.
+            let released = compute
+                .call("ReleaseAddress", || {
+                    let ec2 = ec2.clone();
+                    let a = allocation_id.clone();
+                    async move {
+                        ec2.release_address()
+                            .allocation_id(a)
+                            .send()
+                            .await
+                            .map_err(map_sdk_error)
+                    }
+                })
+                .await;
+            if let Err(re) = released {
+                tracing::warn!(allocation_id = %allocation_id, error = %re,
+                    "cannot release the Elastic IP after a failed association; the sweep will");
+            }
+            data.eip_allocation_id = None;
+            return Err(e);
+        }
+    };
     data.eip_association_id = assoc.association_id().map(str::to_string);
     Ok(alloc.public_ip().unwrap_or_default().to_string())
 }

@@ -10,7 +10,7 @@
 //! | [`instances`] | `RunInstances` per zone with fall-through, polling, termination, EIPs, spot |
 //! | [`placement`] | cluster placement groups |
 //! | [`cache`] | TTL caches (with coalescing) for the image, network and security group lookups |
-//! | [`sweep`] | the instances this server tagged, in every configured region (for the engine's sweep) |
+//! | [`sweep`] | the instances and Elastic IPs this server tagged, in every configured region (for the engine's sweep) |
 //!
 //! Every call is counted ([`AwsCompute::api_calls`]) and runs through the shared back-off
 //! (throttling such as `RequestLimitExceeded` is retried). The per-instance lookups (AMI,
@@ -219,6 +219,11 @@ impl ComputeWithSweep for AwsCompute {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = "aws"))]
     async fn list_tagged_instances(&self, server_id: &str) -> BackendResult<Vec<TaggedInstance>> {
         sweep::list_tagged_instances(self, server_id).await
+    }
+
+    #[tracing::instrument(level = "info", skip_all, fields(backend = "aws", kind = %t.kind, id = %t.instance_id, region = %t.region))]
+    async fn delete_tagged(&self, t: &TaggedInstance) -> BackendResult<()> {
+        sweep::delete_tagged(self, t).await
     }
 }
 

@@ -13,7 +13,7 @@
 //! | [`placement`] | cluster placement groups as `COLLOCATED` resource policies |
 //! | [`reservations`] | specific reservations: offer narrowing, `reservationAffinity` |
 //! | [`rest`] | REST calls for the APIs the Compute Engine crate is not built with |
-//! | [`sweep`] | the instances this server labelled (for the engine's sweep) |
+//! | [`sweep`] | the instances and Cloud TPU nodes this server labelled (for the engine's sweep) |
 //!
 //! Every call runs through the shared back-off (429, 5xx and transport errors are retried)
 //! and is counted ([`GcpCompute::api_calls`]).

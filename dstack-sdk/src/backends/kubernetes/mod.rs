@@ -31,6 +31,7 @@ pub mod jump_keys;
 pub mod offers;
 pub mod pods;
 pub mod resources;
+pub mod sweep;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,6 +234,10 @@ impl Compute for KubernetesCompute {
     }
 
     fn as_run_job(&self) -> Option<&dyn ComputeWithRunJob> {
+        Some(self)
+    }
+
+    fn as_sweep(&self) -> Option<&dyn crate::backends::compute::ComputeWithSweep> {
         Some(self)
     }
 }
