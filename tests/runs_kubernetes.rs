@@ -1,10 +1,12 @@
 //! Runs on the Kubernetes backend end to end on loopback: the engine creates the job pod on
 //! the fake API server (`support/fake_k8s.rs`), whose kubelet "starts" it by running our own
-//! agent in runner mode (no shim) and reports pod IP 127.0.0.1. The jump pod's NodePort is a
-//! real OpenSSH server on loopback that accepts the keys from the pods' commands (the project
-//! key; the run key the engine's `JumpKeyInstaller` appends), with `HOME` in a temp dir; the
-//! job pod's service cluster IP is a distinct loopback address where the same sshd listens on
-//! the runner's SSH port (10022). The engine reaches the runner API through that proxy jump.
+//! agent in runner mode (no shim) on the pod's own loopback address (`127.1.x.y`, which its
+//! `ClusterIP` service gets too), with the runner's SSH server on port 10022 accepting the keys
+//! of the pod's command, as `dstack-runner --ssh-port 10022 --ssh-authorized-key …` does. The
+//! jump pod's NodePort is a real OpenSSH server on loopback that accepts the keys from the
+//! jump pod's command (the project key; the run key the engine's `JumpKeyInstaller` appends),
+//! with `HOME` in a temp dir. The engine reaches the runner API (10999) through that proxy
+//! jump and the pod's SSH server.
 //!
 //! Needs root and `/usr/sbin/sshd` (`scripts/sshd-test-env.sh` installs what is missing).
 
@@ -21,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dstack_sdk::agent::{AgentHandle, AgentListeners, AgentOptions, start_agent};
+use dstack_sdk::agent::{AgentHandle, AgentListeners, AgentOptions, RunnerSshOptions, start_agent};
 use dstack_sdk::client::Client;
 use dstack_sdk::engine::{Engine, EngineOptions};
 use dstack_sdk::models::logs::PollLogsRequest;
@@ -33,12 +35,11 @@ use fake_k8s::{PodHook, TOKEN};
 /// The runner's SSH port in a job pod (`pods::RUNNER_SSH_PORT`).
 const POD_SSH_PORT: u16 = 10022;
 
-/// One sshd for the jump pod (127.0.0.1:`node_port`) and the job pods' sshd
-/// (`pod_addr`:10022), accepting `root` with the keys in `home/.ssh/authorized_keys`.
+/// The jump pod's sshd (127.0.0.1:`node_port`), accepting `root` with the keys in
+/// `home/.ssh/authorized_keys`.
 struct PodSshd {
     dir: tempfile::TempDir,
     node_port: u16,
-    pod_addr: String,
     child: Child,
 }
 
@@ -47,7 +48,7 @@ impl PodSshd {
         dir.join("home").join(".ssh").join("authorized_keys")
     }
 
-    async fn start(pod_addr: &str) -> PodSshd {
+    async fn start() -> PodSshd {
         sshd::ensure_env();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -60,7 +61,7 @@ impl PodSshd {
         std::fs::write(
             &config,
             format!(
-                "ListenAddress 127.0.0.1:{node_port}\nListenAddress {pod_addr}:{POD_SSH_PORT}\n\
+                "ListenAddress 127.0.0.1:{node_port}\n\
                  HostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {ak}\nSetEnv HOME={d}/home\n\
                  StrictModes no\nUsePAM no\nPermitRootLogin yes\nPubkeyAuthentication yes\n\
@@ -91,21 +92,18 @@ impl PodSshd {
         PodSshd {
             dir,
             node_port,
-            pod_addr: pod_addr.to_string(),
             child,
         }
     }
 
-    /// Authorises every public key found in a pod's command line (as the jump pod's and the
-    /// job pod's start scripts do).
+    /// Authorises every public key found in the jump pod's command line (as its start
+    /// script does).
     fn authorize_from_pod(&self, pod: &Value) {
-        let args = pod["spec"]["containers"][0]["args"].to_string();
-        let re = regex::Regex::new(r"ssh-ed25519 [A-Za-z0-9+/=]+").unwrap();
         let file = Self::authorized_keys(self.dir.path());
         let mut text = std::fs::read_to_string(&file).unwrap_or_default();
-        for m in re.find_iter(&args) {
+        for m in pod_keys(pod) {
             if !text.lines().any(|l| l == m.as_str()) {
-                text.push_str(m.as_str());
+                text.push_str(&m);
                 text.push('\n');
             }
         }
@@ -122,6 +120,15 @@ impl Drop for PodSshd {
 
 /// The "containers" of running job pods: an in-process agent per pod.
 type Agents = Arc<Mutex<HashMap<String, AgentHandle>>>;
+
+/// The public keys in a pod's command line.
+fn pod_keys(pod: &Value) -> Vec<String> {
+    let args = pod["spec"]["containers"][0]["args"].to_string();
+    let re = regex::Regex::new(r"(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/=]+").unwrap();
+    re.find_iter(&args)
+        .map(|m| m.as_str().to_string())
+        .collect()
+}
 
 fn is_job_pod(pod: &Value) -> bool {
     pod["metadata"]["labels"]
@@ -189,31 +196,37 @@ fn job_pods(env: &fake_k8s::Env) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_runs_in_a_pod_through_the_jump_pod_and_stops() {
     tokio::time::timeout(Duration::from_secs(240), async {
-        let pod_addr = "127.0.0.61";
-        let sshd = Arc::new(PodSshd::start(pod_addr).await);
+        let sshd = Arc::new(PodSshd::start().await);
         let env = fake_k8s::start().await;
         let tmp = tempfile::tempdir().unwrap();
-        let runner_port = sshd::free_port();
         let agents: Agents = Arc::default();
         {
             let mut f = env.fake.lock().unwrap();
             f.nodes.retain(|n| n["metadata"]["name"] == "cpu-node-1");
             f.nodes[0]["status"]["nodeInfo"]["architecture"] = json!("amd64");
-            f.pod_ip = Some("127.0.0.1".into());
-            f.cluster_ip = Some(sshd.pod_addr.clone());
+            f.pod_ip_prefix = Some("127.1.".into());
+            f.cluster_ip_from_pod = true;
             let (s, a, home) = (sshd.clone(), agents.clone(), tmp.path().to_path_buf());
             let running: PodHook = Arc::new(move |name, pod| {
-                s.authorize_from_pod(pod);
                 if !is_job_pod(pod) {
+                    s.authorize_from_pod(pod);
                     return;
                 }
                 let (a, name, home) = (a.clone(), name.to_string(), home.join(name));
+                let pod_ip: std::net::IpAddr =
+                    pod["status"]["podIP"].as_str().unwrap().parse().unwrap();
+                let keys = pod_keys(pod);
                 tokio::spawn(async move {
                     let mut o = AgentOptions::new(&home);
                     o.shim_port = 0;
-                    o.runner_port = runner_port;
+                    o.runner_port = 0;
                     o.ssh_port = 0;
                     o.attach_linger = Duration::ZERO;
+                    o.runner_ssh = Some(RunnerSshOptions {
+                        bind: pod_ip,
+                        port: POD_SSH_PORT,
+                        authorized_keys: keys,
+                    });
                     let listeners = AgentListeners::bind(&o).await.unwrap();
                     let handle = start_agent(o, listeners).await.unwrap();
                     a.lock().unwrap().insert(name, handle);
@@ -233,7 +246,6 @@ async fn task_runs_in_a_pod_through_the_jump_pod_and_stops() {
         o.config_disabled = true;
         o.pipelines.lease = Duration::from_secs(5);
         o.pipelines.workers = 4;
-        o.agent.runner_port = runner_port;
         let (_engine, info): (Engine, _) = Engine::open(o).await.unwrap();
         let client = Client::with_engine(_engine.clone(), &info.admin_token);
         client
@@ -255,7 +267,13 @@ async fn task_runs_in_a_pod_through_the_jump_pod_and_stops() {
         assert_eq!(sub.exit_status, Some(0));
         let jpd = sub.job_provisioning_data.clone().unwrap();
         assert!(!jpd.dockerized);
-        assert_eq!(jpd.hostname.as_deref(), Some(pod_addr));
+        assert!(
+            jpd.hostname
+                .as_deref()
+                .is_some_and(|h| h.starts_with("127.1.")),
+            "{jpd:?}"
+        );
+        assert_eq!(jpd.hostname, jpd.internal_ip);
         assert_eq!(jpd.ssh_proxy.as_ref().map(|p| p.port), Some(sshd.node_port));
         let logs = all_logs(&client, &run).await;
         assert!(logs.contains("hello"), "{logs}");

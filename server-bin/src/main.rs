@@ -70,6 +70,15 @@ struct AgentArgs {
     /// for CLIs that attach late.
     #[arg(long, env = "DSTACK_AGENT_ATTACH_LINGER", default_value_t = 60)]
     attach_linger: u64,
+    /// Runner mode (the agent stands for dstack-runner in a container, e.g. a Kubernetes job
+    /// pod): also serve the job's SSH server on `--bind`:PORT from the start, as
+    /// `dstack-runner --ssh-port` does (port 10999 through it is the runner API).
+    #[arg(long)]
+    runner_ssh_port: Option<u16>,
+    /// A public key the runner-mode SSH server accepts (repeat for more), as
+    /// `dstack-runner --ssh-authorized-key`.
+    #[arg(long = "ssh-authorized-key")]
+    ssh_authorized_keys: Vec<String>,
 }
 
 #[tokio::main]
@@ -88,6 +97,14 @@ async fn main() -> anyhow::Result<()> {
         options.bind_address = agent.bind;
         options.ssh_port = agent.ssh_port;
         options.attach_linger = std::time::Duration::from_secs(agent.attach_linger);
+        options.runner_ssh =
+            agent
+                .runner_ssh_port
+                .map(|port| dstack_sdk::agent::RunnerSshOptions {
+                    bind: agent.bind,
+                    port,
+                    authorized_keys: agent.ssh_authorized_keys.clone(),
+                });
         return dstack_sdk::agent::run_agent(options)
             .await
             .context("agent failed");

@@ -10,8 +10,11 @@
 //! name, pod IP, container statuses) — or, when a test says so, deletes it (the pod vanishes)
 //! or leaves it unschedulable with a `PodScheduled=False` condition. Services get a cluster
 //! IP, NodePort services a node port. Tests can pin the pod IP and the services' cluster IP
-//! and hook pod start and deletion (to run something real for a pod).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! (or give every pod its own address and every `ClusterIP` service its pod's address) and
+//! hook pod start and deletion (to run something real for a pod). `GET /_fake/objects/{kind}`
+//! (no auth) lists what the fake holds, for tests driving it from another process
+//! (`fake_k8s_server.rs`).
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,8 +26,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+#[cfg(feature = "kubernetes")]
 use dstack_sdk::backends::BackendSettings;
+#[cfg(feature = "kubernetes")]
 use dstack_sdk::backends::common::retry::Backoff;
+#[cfg(feature = "kubernetes")]
 use dstack_sdk::backends::kubernetes::KubernetesCompute;
 use dstack_sdk::models::backends::AnyBackendConfigWithCreds;
 use dstack_sdk::models::backends::kubernetes::KubernetesBackendConfigWithCreds;
@@ -62,8 +68,15 @@ pub struct Fake {
     pub counter: u32,
     /// The IP the kubelet reports for started pods (default `10.244.1.<n>`).
     pub pod_ip: Option<String>,
+    /// When set (e.g. `127.1.`), every started pod gets its own IP
+    /// `<prefix><n / 250>.<n % 250 + 1>` (over `pod_ip`).
+    pub pod_ip_prefix: Option<String>,
     /// The cluster IP of new `ClusterIP` services (default `10.96.0.<n>`).
     pub cluster_ip: Option<String>,
+    /// `ClusterIP` services that select a pod with an IP get that pod's IP as their cluster
+    /// IP (over `cluster_ip`): kube-proxy without the NAT, for "pods" that listen on loopback
+    /// addresses.
+    pub cluster_ip_from_pod: bool,
     /// Called when the kubelet reports a pod running.
     pub on_pod_running: Option<PodHook>,
     /// Called when a pod is deleted.
@@ -304,8 +317,13 @@ pub async fn collection(
                 spawn_kubelet = true;
             }
             "services" => {
-                let ip = match (&f.cluster_ip, v["spec"]["type"].as_str()) {
-                    (Some(ip), Some("ClusterIP")) => ip.clone(),
+                let pod_ip = f
+                    .cluster_ip_from_pod
+                    .then(|| selected_pod_ip(&f, &ns, &v))
+                    .flatten();
+                let ip = match (&f.cluster_ip, v["spec"]["type"].as_str(), pod_ip) {
+                    (_, Some("ClusterIP"), Some(ip)) => ip,
+                    (Some(ip), Some("ClusterIP"), None) => ip.clone(),
                     _ => format!("10.96.0.{n}"),
                 };
                 v["spec"]["clusterIP"] = json!(ip);
@@ -362,6 +380,33 @@ pub async fn object(
     }
 }
 
+/// The IP of the first pod in `ns` that `svc`'s selector matches, when it has one.
+fn selected_pod_ip(f: &Fake, ns: &str, svc: &Value) -> Option<String> {
+    let selector = svc["spec"]["selector"].as_object()?;
+    f.objects
+        .iter()
+        .filter(|((k, n, _), _)| k == "pods" && n == ns)
+        .map(|(_, p)| p)
+        .find(|p| {
+            selector
+                .iter()
+                .all(|(k, v)| &p["metadata"]["labels"][k] == v)
+        })
+        .and_then(|p| p["status"]["podIP"].as_str().map(str::to_string))
+}
+
+/// `GET /_fake/objects/{kind}`: every object of a kind (pods, services, secrets), no auth.
+pub async fn fake_objects(State(fake): State<Shared>, Path(kind): Path<String>) -> Response {
+    let f = fake.lock().unwrap();
+    let items: Vec<Value> = f
+        .objects
+        .iter()
+        .filter(|((k, _, _), _)| k == &kind)
+        .map(|(_, v)| v.clone())
+        .collect();
+    ok(&Value::Array(items))
+}
+
 /// What a scheduler + kubelet do with a new pod, after a short delay.
 pub async fn kubelet(fake: Shared, ns: String, name: String) {
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -393,7 +438,10 @@ fn kubelet_step(fake: &Shared, ns: String, name: &str) -> Option<Value> {
     f.counter += 1;
     let n = f.counter;
     let fails = f.fail_prefix.as_ref().is_some_and(|p| name.starts_with(p));
-    let pod_ip = f.pod_ip.clone().unwrap_or_else(|| format!("10.244.1.{n}"));
+    let pod_ip = match &f.pod_ip_prefix {
+        Some(prefix) => format!("{prefix}{}.{}", n / 250, n % 250 + 1),
+        None => f.pod_ip.clone().unwrap_or_else(|| format!("10.244.1.{n}")),
+    };
     let pod = f.objects.get_mut(&key)?;
     if fails {
         pod["spec"]["nodeName"] = json!("cpu-node-1");
@@ -485,11 +533,12 @@ pub struct Env {
 }
 
 pub async fn start() -> Env {
-    let fake: Shared = Arc::new(Mutex::new(Fake {
-        nodes: nodes(),
-        ..Fake::default()
-    }));
-    let app = Router::new()
+    start_on("127.0.0.1:0").await
+}
+
+/// The fake's routes over `fake`.
+pub fn app(fake: Shared) -> Router {
+    Router::new()
         .route("/api/v1/nodes", get(nodes_list))
         .route("/api/v1/nodes/{name}", get(node_get))
         .route("/api/v1/namespaces", get(namespaces).post(namespaces))
@@ -502,8 +551,18 @@ pub async fn start() -> Env {
             "/api/v1/namespaces/{ns}/{kind}/{name}",
             get(object).delete(object),
         )
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        .route("/_fake/objects/{kind}", get(fake_objects))
+        .with_state(fake)
+}
+
+/// Starts the fake on `addr` (`127.0.0.1:0` for a free port).
+pub async fn start_on(addr: &str) -> Env {
+    let fake: Shared = Arc::new(Mutex::new(Fake {
+        nodes: nodes(),
+        ..Fake::default()
+    }));
+    let app = app(fake.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
@@ -539,10 +598,12 @@ impl Env {
         })
     }
 
+    #[cfg(feature = "kubernetes")]
     pub fn settings(&self) -> BackendSettings {
         BackendSettings::new(SERVER_ID).with_retry(Backoff::fast(Duration::from_millis(5), 4))
     }
 
+    #[cfg(feature = "kubernetes")]
     pub async fn compute(&self) -> KubernetesCompute {
         let AnyBackendConfigWithCreds::Kubernetes(c) = self.config(TOKEN) else {
             panic!("not kubernetes");

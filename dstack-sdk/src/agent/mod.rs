@@ -101,6 +101,23 @@ pub struct AgentOptions {
     /// How long a removed task keeps its SSH server, host keys and logs after its job ended
     /// (default 60 s), for CLIs that attach late.
     pub attach_linger: Duration,
+    /// Runner mode's own SSH server (default none; see [`RunnerSshOptions`]).
+    pub runner_ssh: Option<RunnerSshOptions>,
+}
+
+/// The SSH server of an agent that stands for dstack's runner in a container (a Kubernetes
+/// job pod): what `dstack-runner --ssh-port 10022 --ssh-authorized-key …` starts. It is there
+/// from the agent's start, before any job is submitted, because the server reaches the runner
+/// API through it; port 10999 (`direct-tcpip` to `localhost`) is this agent's runner API,
+/// other ports are `127.0.0.1:<port>`. Sessions run in the agent's own environment.
+#[derive(Debug, Clone)]
+pub struct RunnerSshOptions {
+    /// The address to listen on (the pod's address).
+    pub bind: IpAddr,
+    /// The port (dstack's 10022; 0 lets the OS pick).
+    pub port: u16,
+    /// The public keys accepted (OpenSSH `authorized_keys` lines).
+    pub authorized_keys: Vec<String>,
 }
 
 impl AgentOptions {
@@ -116,6 +133,7 @@ impl AgentOptions {
             executor: ProcessExecutorConfig::default(),
             ssh_port: sshd::CONTAINER_SSH_PORT,
             attach_linger: DEFAULT_ATTACH_LINGER,
+            runner_ssh: None,
         }
     }
 }
@@ -168,6 +186,7 @@ pub struct AgentHandle {
     stop: watch::Sender<bool>,
     shutdown_requested: Arc<Notify>,
     servers: Vec<JoinHandle<()>>,
+    runner_ssh: Option<sshd::SshEndpoint>,
 }
 
 impl AgentHandle {
@@ -191,6 +210,11 @@ impl AgentHandle {
         format!("http://{}", self.runner_addr)
     }
 
+    /// The port of runner mode's SSH server, when [`AgentOptions::runner_ssh`] asked for one.
+    pub fn runner_ssh_port(&self) -> Option<u16> {
+        self.runner_ssh.as_ref().map(sshd::SshEndpoint::port)
+    }
+
     /// The executor behind both APIs.
     pub fn executor(&self) -> &ProcessExecutor {
         &self.executor
@@ -204,6 +228,7 @@ impl AgentHandle {
     /// Stops serving and supervising. Running jobs are left alone; an agent started later on
     /// the same home picks them up.
     pub async fn shutdown(self) {
+        drop(self.runner_ssh);
         self.stop.send_replace(true);
         for server in self.servers {
             let abort = server.abort_handle();
@@ -235,7 +260,8 @@ pub async fn start_agent(
     let executor =
         ProcessExecutor::open(&options.home, facts.gpus, options.executor.clone()).await?;
     let host_key = sshd::load_or_create_host_key(&options.home)?;
-    let mut attach = AttachSettings::new(sshd::server_config(host_key));
+    let ssh_config = sshd::server_config(host_key);
+    let mut attach = AttachSettings::new(ssh_config.clone());
     attach.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
     attach.preferred_port = options.ssh_port;
     attach.linger = options.attach_linger;
@@ -257,6 +283,15 @@ pub async fn start_agent(
             options.version.clone(),
             options.max_upload_bytes,
         ));
+    let runner_ssh = match &options.runner_ssh {
+        Some(o) => Some(start_runner_ssh(
+            ssh_config,
+            o,
+            runner.clone(),
+            &options.home,
+        )?),
+        None => None,
+    };
     let addr = |l: &TcpListener| {
         l.local_addr()
             .map_err(|e| AgentError::Internal(format!("cannot read the listening address: {e}")))
@@ -289,7 +324,45 @@ pub async fn start_agent(
         stop,
         shutdown_requested,
         servers,
+        runner_ssh,
     })
+}
+
+/// Starts runner mode's SSH server (see [`RunnerSshOptions`]).
+fn start_runner_ssh(
+    config: Arc<russh::server::Config>,
+    o: &RunnerSshOptions,
+    runner: axum::Router,
+    home: &std::path::Path,
+) -> AgentResult<sshd::SshEndpoint> {
+    let cwd = home.to_path_buf();
+    let env: sshd::EnvProvider = Arc::new(move || sshd::SessionEnv {
+        env: std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect(),
+        cwd: cwd.clone(),
+    });
+    let endpoint = sshd::start(
+        config,
+        sshd::EndpointParams {
+            task_id: "runner".into(),
+            allowed_keys: o.authorized_keys.clone(),
+            bind: o.bind,
+            preferred_port: o.port,
+            runner,
+            env,
+        },
+    )?;
+    if o.port != 0 && endpoint.port() != o.port {
+        // Clients expect the runner's SSH port; another one would never be found.
+        return Err(AgentError::Internal(format!(
+            "cannot listen on {}:{} for the runner's SSH server (taken)",
+            o.bind, o.port
+        )));
+    }
+    tracing::info!(bind = %o.bind, port = endpoint.port(), keys = o.authorized_keys.len(),
+        "runner SSH server listening");
+    Ok(endpoint)
 }
 
 /// The runner API of one task under `/tasks/{id}/…` on the runner port (e.g.

@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::engine::Engine;
 use crate::engine::services::instances::InstanceRow;
 use crate::engine::ssh_deploy::target_of;
+#[cfg(feature = "backends")]
+use crate::models::jobs::JobProvisioningData;
 use crate::ssh::{ConnectOptions, SshPool, SshTarget, Tunnel};
 use crate::{Error, ErrorKind};
 
@@ -95,4 +97,45 @@ impl Engine {
         }
         Ok(addr)
     }
+
+    /// A local address that reaches `127.0.0.1:port` inside a container backend's job
+    /// container (`dockerized: false`, e.g. a Kubernetes job pod): SSH to the container's own
+    /// `sshd` (`jpd.username@jpd.hostname:jpd.ssh_port`) through `jpd.ssh_proxy` (the jump
+    /// pod), both with the project key; pooled under the job id.
+    #[cfg(feature = "backends")]
+    pub(crate) async fn container_tunnel(
+        &self,
+        job_id: &str,
+        project_id: &str,
+        jpd: &JobProvisioningData,
+        port: u16,
+    ) -> crate::Result<std::net::SocketAddr> {
+        let key = self.project_private_key(project_id).await?;
+        let target = container_target(jpd, &key)?;
+        self.tunnel_to(job_id, &target, port).await
+    }
+}
+
+/// The SSH target of a job container's `sshd` (`username@hostname:ssh_port`) through its
+/// `ssh_proxy`, both with `key`.
+#[cfg(feature = "backends")]
+fn container_target(jpd: &JobProvisioningData, key: &str) -> crate::Result<SshTarget> {
+    let host = jpd.hostname.clone().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            "the job's container has no address yet",
+        )
+    })?;
+    let port = jpd
+        .ssh_port
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(22);
+    let mut target = SshTarget::new(host, port, jpd.username.clone()).with_key(key.to_string());
+    if let Some(p) = &jpd.ssh_proxy {
+        target = target.with_proxy_jump(
+            SshTarget::new(p.hostname.clone(), p.port, p.username.clone())
+                .with_key(key.to_string()),
+        );
+    }
+    Ok(target)
 }

@@ -28,12 +28,16 @@ use crate::backends::common::provision::MAX_OFFERS_TRIED;
 use crate::backends::{BackendError, Compute, InstanceConfiguration, JobLaunch};
 use crate::models::jobs::JobProvisioningData;
 use crate::models::offers::InstanceOfferWithAvailability;
-use crate::ssh::SshTarget;
 
 use super::{
     AGENT_WAIT_LIMIT, Duration, Engine, Error, ErrorKind, JobRow, JobStatus, JobTerminationReason,
     PipelineKind, RunRow, RunSpec, agent_err, run_row, store_logs, submit_to_runner, time,
 };
+
+/// The runner API's port inside a job container (dstack's `DSTACK_RUNNER_HTTP_PORT`: the
+/// container's command starts the runner there), whatever port host agents use
+/// (`DSTACK_AGENT_RUNNER_PORT`).
+const CONTAINER_RUNNER_PORT: u16 = 10999;
 
 /// What [`run_on_backend`] did for a submitted job.
 pub(super) enum Launch {
@@ -399,29 +403,6 @@ async fn job_compute(
         })
 }
 
-/// The SSH target of the container's `sshd` (`username@hostname:ssh_port`) through its
-/// `ssh_proxy`, both with the project key.
-fn container_target(jpd: &JobProvisioningData, key: &str) -> crate::Result<SshTarget> {
-    let host = jpd.hostname.clone().ok_or_else(|| {
-        Error::new(
-            ErrorKind::Internal,
-            "the job's container has no address yet",
-        )
-    })?;
-    let port = jpd
-        .ssh_port
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(22);
-    let mut target = SshTarget::new(host, port, jpd.username.clone()).with_key(key.to_string());
-    if let Some(p) = &jpd.ssh_proxy {
-        target = target.with_proxy_jump(
-            SshTarget::new(p.hostname.clone(), p.port, p.username.clone())
-                .with_key(key.to_string()),
-        );
-    }
-    Ok(target)
-}
-
 /// A client of the container's runner API through a pooled tunnel keyed by the job id.
 async fn runner_client(
     engine: &Engine,
@@ -429,10 +410,9 @@ async fn runner_client(
     project_id: &str,
     jpd: &JobProvisioningData,
 ) -> crate::Result<RunnerClient> {
-    let key = engine.project_private_key(project_id).await?;
-    let target = container_target(jpd, &key)?;
-    let port = engine.inner.options.agent.runner_port;
-    let addr = engine.tunnel_to(&job.id, &target, port).await?;
+    let addr = engine
+        .container_tunnel(&job.id, project_id, jpd, CONTAINER_RUNNER_PORT)
+        .await?;
     RunnerClient::new(&format!("http://{addr}")).map_err(agent_err)
 }
 

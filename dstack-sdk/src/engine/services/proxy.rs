@@ -9,6 +9,8 @@ use crate::engine::Engine;
 use crate::engine::services::instances::{InstanceRow, select_instances};
 use crate::engine::services::runs::{JobRow, enum_from_db, select_jobs};
 use crate::models::configurations::RunConfiguration;
+#[cfg(feature = "backends")]
+use crate::models::jobs::JobProvisioningData;
 use crate::models::jobs::JobStatus;
 use crate::models::runs::RunSpec;
 use crate::{Error, ErrorKind};
@@ -121,16 +123,20 @@ impl Engine {
             })
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(service.port.container_port);
-        let inst_id = job
-            .instance_id
-            .as_deref()
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "running job has no instance"))?;
-        let inst: InstanceRow = sqlx::query_as(select_instances!("id = $1"))
-            .bind(inst_id)
-            .fetch_optional(self.store().reader())
-            .await?
-            .ok_or_else(not_found)?;
-        let addr = self.instance_tunnel(&inst, port).await?;
+        let addr = match self.container_job_tunnel(job, &snap.row.id, port).await? {
+            Some(addr) => addr,
+            None => {
+                let inst_id = job.instance_id.as_deref().ok_or_else(|| {
+                    Error::new(ErrorKind::Internal, "running job has no instance")
+                })?;
+                let inst: InstanceRow = sqlx::query_as(select_instances!("id = $1"))
+                    .bind(inst_id)
+                    .fetch_optional(self.store().reader())
+                    .await?
+                    .ok_or_else(not_found)?;
+                self.instance_tunnel(&inst, port).await?
+            }
+        };
         let mut headers = request.headers;
         for h in HOP_HEADERS {
             headers.remove(*h);
@@ -149,6 +155,50 @@ impl Engine {
                     format!("Service {project}/{run} did not answer: {e}"),
                 )
             })
+    }
+}
+
+impl Engine {
+    /// For a job in a container backend's container (`dockerized: false`, e.g. a Kubernetes
+    /// job pod), a tunnel to `port` in the container through its SSH proxy: the fleet
+    /// instance standing for such a job (if any) has no SSH endpoint of its own. `None` for
+    /// jobs on instances.
+    #[cfg(feature = "backends")]
+    async fn container_job_tunnel(
+        &self,
+        job: &JobRow,
+        project_id: &str,
+        port: u16,
+    ) -> crate::Result<Option<std::net::SocketAddr>> {
+        let Some(jpd) = job
+            .job_provisioning_data
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<JobProvisioningData>(s).ok())
+            .filter(|j| !j.dockerized)
+        else {
+            return Ok(None);
+        };
+        let addr = self
+            .container_tunnel(&job.id, project_id, &jpd, port)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Transport,
+                    format!("cannot reach the job's container: {}", e.message()),
+                )
+            })?;
+        Ok(Some(addr))
+    }
+
+    /// Without container backends every job runs on an instance.
+    #[cfg(not(feature = "backends"))]
+    async fn container_job_tunnel(
+        &self,
+        _job: &JobRow,
+        _project_id: &str,
+        _port: u16,
+    ) -> crate::Result<Option<std::net::SocketAddr>> {
+        Ok(None)
     }
 }
 
