@@ -1390,3 +1390,26 @@ async fn quotas_and_zones_are_cached_across_get_offers() {
         offerings
     );
 }
+
+/// Service Quotas failing with a 5xx (moto has none) leaves availability unknown and is not
+/// asked again for `QUOTAS_RETRY_AFTER`: a burst of lookups makes one failing call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_quotas_are_not_asked_again_at_once() {
+    let env = env().await;
+    env.fake.rule(
+        "ListServiceQuotas",
+        None,
+        None,
+        503,
+        json!({"__type": "ServiceUnavailableException", "message": "fake outage"}).to_string(),
+    );
+    let compute = env.compute(json!({})).await;
+    for _ in 0..5 {
+        let offers = compute.get_offers(None).await.unwrap();
+        assert_eq!(
+            pick(&offers, "t3.micro", false).availability,
+            InstanceAvailability::Unknown
+        );
+    }
+    assert_eq!(env.fake.count("ListServiceQuotas"), 1);
+}

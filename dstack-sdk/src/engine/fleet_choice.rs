@@ -26,7 +26,9 @@ use crate::models::jobs::JobSpec;
 use crate::models::offers::InstanceOfferWithAvailability;
 use crate::models::profiles::{CreationPolicy, Profile};
 use crate::models::runs::RunSpec;
-use crate::spec::combine::{combine_fleet_and_run_profiles, combine_fleet_and_run_requirements};
+use crate::spec::combine::{
+    combine_fleet_and_run_profiles, combine_fleet_and_run_requirements, restrict_profile_for_job,
+};
 use crate::spec::resources::fleet_requirements;
 
 /// Backend offers considered per fleet while choosing (dstack's `_PER_FLEET_MAX_OFFERS`).
@@ -124,8 +126,9 @@ impl FleetInfo {
         run_profile: &Profile,
         job: &JobSpec,
     ) -> Option<(Profile, crate::models::resources::Requirements)> {
-        let profile =
+        let mut profile =
             combine_fleet_and_run_profiles(&self.spec.merged_profile(), run_profile).ok()?;
+        restrict_profile_for_job(&mut profile, job.jobs_per_replica > 1, None);
         let requirements =
             combine_fleet_and_run_requirements(&fleet_requirements(&self.spec), &job.requirements)
                 .ok()?;

@@ -11,7 +11,7 @@
 use indexmap::IndexMap;
 
 use super::error::SpecError;
-use crate::models::common::Range;
+use crate::models::common::{BackendType, Range};
 use crate::models::profiles::{BackendProfileOptions, Profile, ProfileParams, SpotPolicy};
 use crate::models::resources::{CPUSpec, DiskSpec, GPUSpec, Requirements, ResourcesSpec};
 
@@ -170,6 +170,62 @@ fn combine_backend_options(
     Ok(Some(by_type.into_values().collect()))
 }
 
+/// The backends that can run multi-node jobs (dstack 0.22.5's
+/// `BACKENDS_WITH_MULTINODE_SUPPORT`: SSH fleets and the clouds whose compute has
+/// `ComputeWithMultinodeSupport`).
+pub const MULTINODE_BACKENDS: &[BackendType] = &[
+    BackendType::Remote,
+    BackendType::Aws,
+    BackendType::Azure,
+    BackendType::Crusoe,
+    BackendType::Gcp,
+    BackendType::JarvisLabs,
+    BackendType::Kubernetes,
+    BackendType::Nebius,
+    BackendType::Oci,
+    BackendType::RunPod,
+    BackendType::Seeweb,
+    BackendType::Slurm,
+    BackendType::Vultr,
+];
+
+/// Narrows a profile for a job: multi-node jobs only get offers from
+/// [`MULTINODE_BACKENDS`], and a worker only from its master's backend and region once the
+/// master is provisioned (dstack's `get_offers_by_requirements`: all nodes in one backend
+/// and region). An empty result means no backend qualifies.
+///
+/// ```
+/// use dstack_sdk::models::common::BackendType;
+/// use dstack_sdk::models::profiles::Profile;
+/// use dstack_sdk::spec::combine::restrict_profile_for_job;
+///
+/// let mut profile = Profile::default();
+/// restrict_profile_for_job(&mut profile, true, Some((BackendType::Aws, "us-east-1")));
+/// assert_eq!(profile.params.backends, Some(vec![BackendType::Aws]));
+/// assert_eq!(profile.params.regions, Some(vec!["us-east-1".to_string()]));
+/// ```
+pub fn restrict_profile_for_job(
+    profile: &mut Profile,
+    multinode: bool,
+    master: Option<(BackendType, &str)>,
+) {
+    let p = &mut profile.params;
+    if multinode {
+        let backends = p
+            .backends
+            .get_or_insert_with(|| MULTINODE_BACKENDS.to_vec());
+        backends.retain(|b| MULTINODE_BACKENDS.contains(b));
+    }
+    if let Some((backend, region)) = master {
+        p.backends
+            .get_or_insert_with(|| vec![backend])
+            .retain(|b| *b == backend);
+        p.regions
+            .get_or_insert_with(|| vec![region.to_string()])
+            .retain(|r| r == region);
+    }
+}
+
 /// Combines a fleet's and a run's profiles (only the fields that affect offers and
 /// provisioning are kept); `Err` when they conflict.
 pub fn combine_fleet_and_run_profiles(fleet: &Profile, run: &Profile) -> CResult<Profile> {
@@ -262,6 +318,29 @@ mod tests {
     use crate::models::common::Memory;
     use crate::models::resources::{AcceleratorVendor, ComputeCapability, CpuArch};
     use crate::spec::parse_gpu_spec;
+
+    #[test]
+    fn multinode_jobs_keep_to_backends_that_support_them() {
+        use BackendType as B;
+        let mut p = Profile::default();
+        restrict_profile_for_job(&mut p, true, None);
+        assert_eq!(p.params.backends.as_deref(), Some(MULTINODE_BACKENDS));
+        let mut p = Profile::default();
+        p.params.backends = Some(vec![B::Lambda, B::Aws, B::VastAi]);
+        restrict_profile_for_job(&mut p, true, None);
+        assert_eq!(p.params.backends, Some(vec![B::Aws]));
+        // Single-node jobs keep the profile as it is.
+        let mut p = Profile::default();
+        p.params.backends = Some(vec![B::Lambda]);
+        restrict_profile_for_job(&mut p, false, None);
+        assert_eq!(p.params.backends, Some(vec![B::Lambda]));
+        // A worker goes where its master is, or nowhere if the profile excludes that.
+        let mut p = Profile::default();
+        p.params.regions = Some(vec!["eu-west-1".into()]);
+        restrict_profile_for_job(&mut p, true, Some((B::Aws, "us-east-1")));
+        assert_eq!(p.params.backends, Some(vec![B::Aws]));
+        assert_eq!(p.params.regions, Some(vec![]));
+    }
 
     fn req(gpu: &str) -> Requirements {
         let mut r = Requirements::new(ResourcesSpec::default());

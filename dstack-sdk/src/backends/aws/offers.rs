@@ -11,7 +11,8 @@
 //! (dstack's `_regions_to_zones_cache` never expires), fetched once for every catalog type of
 //! the region and refetched when the `aws` catalog's version changes. A quota that cannot be
 //! read for a non-transient reason (no permission, no Service Quotas) is cached as unknown,
-//! like dstack's empty quota dict; a transient failure is retried on the next call.
+//! like dstack's empty quota dict; a transient failure is retried after
+//! [`QUOTAS_RETRY_AFTER`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -165,6 +166,10 @@ pub const QUOTAS_TTL: Duration = Duration::from_secs(600);
 /// server's lifetime; an hour picks up new offerings without a restart).
 pub const ZONES_TTL: Duration = Duration::from_secs(3600);
 
+/// How long quotas that failed transiently (throttling, 5xx) are not asked for again: a
+/// burst of offer lookups (a 200-instance fleet) then makes one failing call, not 200.
+pub const QUOTAS_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// Quota code → vCPU limit; `None` when the quotas cannot be read.
 pub type RegionQuotas = Option<Arc<HashMap<String, f64>>>;
 /// Instance type → zones where it is offered.
@@ -175,6 +180,8 @@ pub type RegionZones = Arc<HashMap<String, BTreeSet<String>>>;
 #[derive(Debug)]
 pub struct OfferFactsCache {
     quotas: TtlCache<String, RegionQuotas>,
+    /// Regions whose quotas failed transiently, and when.
+    quota_failures: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     zones: TtlCache<(String, String), RegionZones>,
 }
 
@@ -182,6 +189,7 @@ impl Default for OfferFactsCache {
     fn default() -> Self {
         Self {
             quotas: TtlCache::new(QUOTAS_TTL),
+            quota_failures: std::sync::Mutex::new(HashMap::new()),
             zones: TtlCache::new(ZONES_TTL),
         }
     }
@@ -189,6 +197,16 @@ impl Default for OfferFactsCache {
 
 /// The region's quotas, from the cache or Service Quotas.
 async fn cached_quotas(compute: &AwsCompute, region: &str) -> RegionQuotas {
+    let failures = &compute.facts.quota_failures;
+    let failed_lately = |failures: &HashMap<String, std::time::Instant>| {
+        failures
+            .get(region)
+            .is_some_and(|at| at.elapsed() < QUOTAS_RETRY_AFTER)
+    };
+    match failures.lock() {
+        Ok(f) if failed_lately(&f) => return None,
+        _ => {}
+    }
     let fetched = compute
         .facts
         .quotas
@@ -205,6 +223,9 @@ async fn cached_quotas(compute: &AwsCompute, region: &str) -> RegionQuotas {
         .await;
     fetched.unwrap_or_else(|e| {
         tracing::debug!(region, error = %e, "cannot read service quotas now; availability unknown");
+        if let Ok(mut f) = failures.lock() {
+            f.insert(region.to_string(), std::time::Instant::now());
+        }
         None
     })
 }

@@ -323,8 +323,11 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         .bind(&job.run_id)
         .fetch_one(engine.store().reader())
         .await?;
-    if multinode && spec.job_num > 0 && run_fleet.is_none() {
-        tracing::debug!(job = %job.id, "waiting for the master job to get an instance");
+    if multinode
+        && spec.job_num > 0
+        && (run_fleet.is_none() || master_provisioning(engine, job).await?.is_none())
+    {
+        tracing::debug!(job = %job.id, "waiting for master job to be provisioned");
         return Ok(());
     }
     let reuse = profile.params.creation_policy == Some(CreationPolicy::Reuse);
@@ -1088,6 +1091,25 @@ async fn terminate_job(engine: &Engine, job: &JobRow) -> crate::Result<()> {
         None,
     )
     .await
+}
+
+/// The provisioning data of the master (`job_num` 0, latest submission) of `job`'s replica,
+/// once it has some (dstack's `_get_master_job_provisioning_data`).
+async fn master_provisioning(
+    engine: &Engine,
+    job: &JobRow,
+) -> crate::Result<Option<JobProvisioningData>> {
+    let jpd: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT job_provisioning_data FROM jobs WHERE run_id = $1 AND replica_num = $2 \
+         AND job_num = 0 ORDER BY submission_num DESC LIMIT 1",
+    )
+    .bind(&job.run_id)
+    .bind(job.replica_num)
+    .fetch_optional(engine.store().reader())
+    .await?;
+    Ok(jpd
+        .and_then(|(j,)| j)
+        .and_then(|j| serde_json::from_str(&j).ok()))
 }
 
 /// The jobs of a run as the multi-node rules see them.

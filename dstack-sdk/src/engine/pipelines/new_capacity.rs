@@ -7,7 +7,9 @@
 //!    ("Fleet is at capacity") and instance numbers stay unique. The instance pipeline
 //!    leaves placeholders alone.
 //! 2. **Provision**: the job's worker tries the available offers of the fleet's backends that
-//!    satisfy the fleet's and the run's profile and requirements combined (at most 25). The
+//!    satisfy the fleet's and the run's profile and requirements combined (at most 25; a
+//!    multi-node job only on backends that support it, and a worker — which waits for its
+//!    master to be provisioned — only in its master's backend and region). The
 //!    first created VM promotes the placeholder to PROVISIONING with one block, busy for this
 //!    job (dstack's `_promote_placeholder_instance`), and the job goes `provisioning`. From
 //!    there the instance pipeline waits for the VM's address and deploys the agent, and the
@@ -181,6 +183,7 @@ pub(super) async fn provision(
     use crate::models::fleets::FleetSpec;
     use crate::spec::combine::{
         combine_fleet_and_run_profiles, combine_fleet_and_run_requirements,
+        restrict_profile_for_job,
     };
 
     let Some(inst) = own_placeholder(engine, job, iid).await? else {
@@ -194,9 +197,25 @@ pub(super) async fn provision(
             .await?;
     let fleet_spec: FleetSpec = serde_json::from_str(&fleet_spec)
         .map_err(|e| Error::new(ErrorKind::Internal, format!("stored fleet spec: {e}")))?;
+    // Multi-node: only backends that can run it, and a worker where its master is.
+    let master = if spec.job_num > 0 {
+        super::master_provisioning(engine, job).await?
+    } else {
+        None
+    };
     let combined =
         combine_fleet_and_run_profiles(&fleet_spec.merged_profile(), &run_spec.merged_profile())
             .ok()
+            .map(|mut profile| {
+                restrict_profile_for_job(
+                    &mut profile,
+                    spec.jobs_per_replica > 1,
+                    master
+                        .as_ref()
+                        .map(|m| (m.base_backend.unwrap_or(m.backend), m.region.as_str())),
+                );
+                profile
+            })
             .zip(
                 combine_fleet_and_run_requirements(
                     &crate::spec::resources::fleet_requirements(&fleet_spec),
