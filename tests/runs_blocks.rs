@@ -459,3 +459,73 @@ async fn multinode_replica_retries_as_a_whole() {
     .await
     .expect("test timed out");
 }
+
+/// `instances:` pins a run to specific instances (dstack 0.22.5's targeted offers): by
+/// hostname, by name, by fleet and number; plans list only those, and a run whose selected
+/// instances do not exist fails with "Failed to use specified instances".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_pin_runs_to_selected_instances() {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let (_fx, _engine, client) = cluster().await;
+        let runs = client.project("main").runs();
+        let pinned = |name: &str, selector: serde_json::Value| {
+            multinode_task(
+                name,
+                1,
+                &["echo pinned"],
+                serde_json::json!({"instances": [selector]}),
+            )
+        };
+        // Both hosts are identical: without a selector the plan offers both.
+        let plan = runs.get_plan(&task("any", &["true"])).await.unwrap();
+        assert_eq!(plan.job_plans[0].offers.len(), 2, "{plan:#?}");
+        for (name, selector, host) in [
+            (
+                "by-host",
+                serde_json::json!({"hostname": "LOCALHOST"}),
+                "localhost",
+            ),
+            ("by-name", serde_json::json!("ssh-1"), "localhost"),
+            (
+                "by-num",
+                serde_json::json!({"fleet": "ssh", "instance": 0}),
+                "127.0.0.1",
+            ),
+        ] {
+            let spec = pinned(name, selector);
+            let plan = runs.get_plan(&spec).await.unwrap();
+            assert_eq!(plan.job_plans[0].offers.len(), 1, "{name}: {plan:#?}");
+            runs.apply(&spec).await.unwrap();
+            let run = wait_run(&client, name, Duration::from_secs(120), |r| {
+                r.status.is_finished()
+            })
+            .await;
+            assert_eq!(run.status, RunStatus::Done, "{run:#?}");
+            let jpd = run.jobs[0]
+                .job_submissions
+                .last()
+                .unwrap()
+                .job_provisioning_data
+                .clone()
+                .unwrap();
+            assert_eq!(jpd.hostname.as_deref(), Some(host), "{name}");
+        }
+        let spec = pinned("nowhere", serde_json::json!("ssh-7"));
+        let plan = runs.get_plan(&spec).await.unwrap();
+        assert!(plan.job_plans[0].offers.is_empty(), "{plan:#?}");
+        runs.apply(&spec).await.unwrap();
+        let run = wait_run(&client, "nowhere", Duration::from_secs(60), |r| {
+            r.status.is_finished()
+        })
+        .await;
+        assert_eq!(run.status, RunStatus::Failed, "{run:#?}");
+        let sub = run.jobs[0].job_submissions.last().unwrap();
+        assert_eq!(
+            sub.termination_reason_message.as_deref(),
+            Some("Failed to use specified instances")
+        );
+    })
+    .await
+    .expect("test timed out");
+}

@@ -270,6 +270,31 @@ impl Engine {
         opts: ChoiceOptions,
     ) -> crate::Result<Option<FleetChoice>> {
         let profile = run_spec.merged_profile();
+        if profile.params.instances.is_some() {
+            // Pinned to instances: only those, never backend offers.
+            let offers = self
+                .targeted_instance_offers(
+                    project_id,
+                    run_spec,
+                    job,
+                    run_fleet,
+                    opts.exclude_not_available,
+                )
+                .await?;
+            let Some(fid) = offers.first().and_then(|c| c.row.fleet_id.clone()) else {
+                return Ok(None);
+            };
+            let fleet = self
+                .candidate_fleets(project_id, &profile, Some(&fid))
+                .await?
+                .into_iter()
+                .next();
+            return Ok(fleet.map(|fleet| FleetChoice {
+                fleet,
+                instance_offers: offers,
+                backend_offers: Vec::new(),
+            }));
+        }
         let instances = self.offerable_instances(project_id).await?;
         let mut by_fleet: HashMap<String, Vec<_>> = HashMap::new();
         for row in instances {
@@ -385,7 +410,8 @@ impl Engine {
         }))
     }
 
-    /// The offers of one job's plan (dstack's `get_job_plans` for one job): with
+    /// The offers of one job's plan (dstack's `get_job_plans` for one job): a run pinned to
+    /// instances (`instances:`) gets the selected instances' offers only; with
     /// `for_offers_only` (`dstack offer`, `gpus/list`) the offers of every selected fleet, or
     /// of the whole project (all its instances and every backend offer) when no fleet is
     /// named; otherwise the chosen fleet's. Instance offers come first, then a stable sort
@@ -401,7 +427,14 @@ impl Engine {
     ) -> crate::Result<PlanOffers> {
         let profile = run_spec.merged_profile();
         let skip_backend = profile.params.creation_policy == Some(CreationPolicy::Reuse);
-        let mut offers: Vec<InstanceOfferWithAvailability> = if !for_offers_only {
+        let mut offers: Vec<InstanceOfferWithAvailability> = if profile.params.instances.is_some() {
+            // Pinned to instances (plan or `dstack offer`): the best fleet's selected ones.
+            self.targeted_instance_offers(project_id, run_spec, job, None, false)
+                .await?
+                .into_iter()
+                .map(|c| c.offer)
+                .collect()
+        } else if !for_offers_only {
             let opts = ChoiceOptions {
                 skip_backend_offers: skip_backend,
                 ..ChoiceOptions::default()

@@ -12,6 +12,8 @@ pub mod config;
 pub mod crypto;
 mod dispatch;
 mod fleet_choice;
+/// Runs pinned to specific instances (`instances:`).
+mod instance_selectors;
 mod links;
 pub mod pipelines;
 #[cfg(feature = "backends")]

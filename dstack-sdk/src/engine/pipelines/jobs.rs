@@ -349,7 +349,7 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
                 .fetch_one(engine.store().reader())
                 .await?;
         #[cfg(feature = "backends")]
-        match if fleets == 0 {
+        match if fleets == 0 && profile.params.instances.is_none() {
             container_jobs::run_on_backend(engine, job, token, &project_id.0, &run, &run_spec)
                 .await?
         } else {
@@ -363,7 +363,9 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         }
         #[cfg(not(feature = "backends"))]
         let _ = token;
-        let message = if profile.params.fleets.is_some() {
+        let message = if profile.params.instances.is_some() {
+            crate::engine::instance_selectors::FAILED_TO_USE_INSTANCES
+        } else if profile.params.fleets.is_some() {
             "Failed to use specified fleets"
         } else {
             "No matching fleet found. Possible reasons: \
@@ -372,6 +374,10 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
         return no_capacity(engine, job, message).await;
     };
     if choice.instance_offers.is_empty() {
+        if profile.params.instances.is_some() {
+            let message = crate::engine::instance_selectors::FAILED_TO_USE_INSTANCES;
+            return no_capacity(engine, job, message).await;
+        }
         if reuse {
             return no_capacity(engine, job, "Could not reuse any instance for this job").await;
         }
