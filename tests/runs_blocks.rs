@@ -122,6 +122,16 @@ async fn cluster_fleet(fx: &Fixture, client: &Client) {
     }
 }
 
+/// Waits until both instances of fleet `ssh` are IDLE again.
+async fn both_idle(client: &Client) {
+    for idx in 0..2 {
+        wait_instance(client, idx, Duration::from_secs(30), |i| {
+            i.status == InstanceStatus::Idle
+        })
+        .await;
+    }
+}
+
 /// The first `start=<epoch seconds>` a job's logs show.
 fn start_time(logs: &str) -> f64 {
     logs.split("start=")
@@ -374,12 +384,7 @@ async fn multinode_master_done_stops_workers() {
         assert_eq!(worker.status, JobStatus::Done, "{run:#?}");
         assert_eq!(worker.termination_reason.as_deref(), Some("done_by_runner"));
         assert!(all_logs(&client, &run, 0).await.contains("master-done"));
-        for idx in 0..2 {
-            wait_instance(&client, idx, Duration::from_secs(30), |i| {
-                i.status == InstanceStatus::Idle
-            })
-            .await;
-        }
+        both_idle(&client).await;
     })
     .await
     .expect("test timed out");
@@ -449,12 +454,7 @@ async fn multinode_replica_retries_as_a_whole() {
         assert!(gap.num_seconds() >= 14, "resubmitted after {gap}");
         assert!(all_logs(&client, &run, 0).await.contains("master-ok"));
         assert!(all_logs(&client, &run, 1).await.contains("worker-ok"));
-        for idx in 0..2 {
-            wait_instance(&client, idx, Duration::from_secs(30), |i| {
-                i.status == InstanceStatus::Idle
-            })
-            .await;
-        }
+        both_idle(&client).await;
     })
     .await
     .expect("test timed out");

@@ -626,19 +626,7 @@ async fn attach_elastic_ip(
         Err(e) => {
             // The provisioning data is not saved on error: release the address now rather
             // than allocate another on the next poll.
-            let released = compute
-                .call("ReleaseAddress", || {
-                    let ec2 = ec2.clone();
-                    let a = allocation_id.clone();
-                    async move {
-                        ec2.release_address()
-                            .allocation_id(a)
-                            .send()
-                            .await
-                            .map_err(map_sdk_error)
-                    }
-                })
-                .await;
+            let released = release_address(compute, &ec2, &allocation_id).await;
             if let Err(re) = released {
                 tracing::warn!(allocation_id = %allocation_id, error = %re,
                     "cannot release the Elastic IP after a failed association; the sweep will");
@@ -726,19 +714,7 @@ pub async fn terminate(
                 .await;
             ok_if_not_found(r)?;
         }
-        let r = compute
-            .call("ReleaseAddress", || {
-                let ec2 = ec2.clone();
-                let a = alloc.clone();
-                async move {
-                    ec2.release_address()
-                        .allocation_id(a)
-                        .send()
-                        .await
-                        .map_err(map_sdk_error)
-                }
-            })
-            .await;
+        let r = release_address(compute, &ec2, alloc).await;
         match ok_if_not_found(r) {
             Ok(()) => {}
             Err(e) if code_of(&e) == Some("InvalidIPAddress.InUse") => {
@@ -791,4 +767,27 @@ fn ok_if_not_found<T>(r: BackendResult<T>) -> BackendResult<()> {
         Err(e) if code_of(&e).is_some_and(|c| c.contains("NotFound")) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// `ReleaseAddress` of one Elastic IP; errors as they come (callers decide what a
+/// not-found or an address still in use means).
+pub(super) async fn release_address(
+    compute: &AwsCompute,
+    ec2: &aws_sdk_ec2::Client,
+    allocation_id: &str,
+) -> BackendResult<()> {
+    compute
+        .call("ReleaseAddress", || {
+            let ec2 = ec2.clone();
+            let a = allocation_id.to_string();
+            async move {
+                ec2.release_address()
+                    .allocation_id(a)
+                    .send()
+                    .await
+                    .map_err(map_sdk_error)
+            }
+        })
+        .await
+        .map(|_| ())
 }

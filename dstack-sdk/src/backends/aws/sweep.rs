@@ -248,19 +248,7 @@ pub async fn delete_tagged(compute: &AwsCompute, t: &TaggedInstance) -> BackendR
         .await;
     }
     let ec2 = compute.region(&t.region).ec2;
-    let r = compute
-        .call("ReleaseAddress", || {
-            let ec2 = ec2.clone();
-            let a = t.instance_id.clone();
-            async move {
-                ec2.release_address()
-                    .allocation_id(a)
-                    .send()
-                    .await
-                    .map_err(map_sdk_error)
-            }
-        })
-        .await;
+    let r = super::instances::release_address(compute, &ec2, &t.instance_id).await;
     match r {
         Ok(_) => Ok(()),
         Err(e) if code_of(&e).is_some_and(|c| c.contains("NotFound")) => {

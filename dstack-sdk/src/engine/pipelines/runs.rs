@@ -240,14 +240,7 @@ async fn process_active(engine: &Engine, run: &RunRow, status: RunStatus) -> cra
         }
         Transition::Pending => {
             let mut tx = engine.store().begin().await?;
-            stop_jobs(
-                &mut tx,
-                &retried,
-                JobTerminationReason::TerminatedByServer,
-                Some(RESUBMIT_MESSAGE),
-                &now,
-            )
-            .await?;
+            stop_for_resubmission(&mut tx, &retried, &now).await?;
             // A new fleet may be chosen on the next attempt (dstack unassigns the run).
             sqlx::query(
                 "UPDATE runs SET status = 'pending', termination_reason = NULL, \
@@ -267,14 +260,7 @@ async fn process_active(engine: &Engine, run: &RunRow, status: RunStatus) -> cra
             if !retried.is_empty() {
                 // Another replica is still active: the failed ones start over at once.
                 let mut tx = engine.store().begin().await?;
-                stop_jobs(
-                    &mut tx,
-                    &retried,
-                    JobTerminationReason::TerminatedByServer,
-                    Some(RESUBMIT_MESSAGE),
-                    &now,
-                )
-                .await?;
+                stop_for_resubmission(&mut tx, &retried, &now).await?;
                 resubmit(&mut tx, run, &retried, &now).await?;
                 tx.commit().await?;
                 engine.hint(PipelineKind::Jobs);
@@ -361,6 +347,13 @@ async fn stop_jobs(
         .await?;
     }
     Ok(())
+}
+
+/// Stops the unfinished jobs of replicas that are retried as a whole (dstack's
+/// `_build_terminate_retrying_jobs_map`).
+async fn stop_for_resubmission(tx: &mut Tx, jobs: &[&JobRow], now: &str) -> crate::Result<()> {
+    let reason = JobTerminationReason::TerminatedByServer;
+    stop_jobs(tx, jobs, reason, Some(RESUBMIT_MESSAGE), now).await
 }
 
 /// A terminating run: its unfinished jobs are stopped; once all have finished the run takes
