@@ -52,6 +52,11 @@ pub fn is_not_found(e: &BackendError) -> bool {
     matches!(e, BackendError::Cloud { provider, code, .. } if provider == PROVIDER && code == "404")
 }
 
+/// Whether a mapped error is the API's 403 (the role does not grant the verb).
+pub fn is_forbidden(e: &BackendError) -> bool {
+    matches!(e, BackendError::Cloud { provider, code, .. } if provider == PROVIDER && code == "403")
+}
+
 /// Whether a mapped error is the API's 409 (already exists).
 pub fn is_conflict(e: &BackendError) -> bool {
     matches!(e, BackendError::Cloud { provider, code, .. } if provider == PROVIDER && code == "409")

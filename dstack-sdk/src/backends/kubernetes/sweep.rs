@@ -17,9 +17,10 @@
 //! pods (`app.kubernetes.io/name=dstack-ssh-proxy`) belong to no job and are never listed.
 //!
 //! Listing needs the `list` verb on pods, services and secrets in the namespace, beyond the
-//! role dstack documents: a cluster whose pods cannot be listed is skipped with a warning (the
-//! first error is returned when no cluster could be listed); services or secrets that cannot
-//! be listed are skipped with a warning.
+//! role the Backends page documents (which is all provisioning needs). Without it (403) the
+//! cluster, or its services or secrets, are simply not swept (logged at debug level); any
+//! other listing error skips them with a warning (the first error is returned when no cluster
+//! could be listed).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -137,7 +138,16 @@ impl KubernetesCompute {
     ) -> BackendResult<Vec<TaggedInstance>> {
         let lp = ListParams::default().labels(&selector(server_id));
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-        let pods: Vec<Pod> = self.list_labelled(cluster, "list pods", &lp).await?;
+        // The role the Backends page lists grants no `list`: then there is nothing to sweep,
+        // which is not worth a warning every pass.
+        let pods: Vec<Pod> = match self.list_labelled(cluster, "list pods", &lp).await {
+            Err(e) if api::is_forbidden(&e) => {
+                tracing::debug!(region = %cluster.region, error = %e,
+                    "the role cannot list pods; job pods are not swept");
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
         for pod in &pods {
             if let Some(name) = pod_name_of(&pod.metadata) {
                 let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
@@ -158,6 +168,8 @@ impl KubernetesCompute {
                     }
                 }
             }
+            Err(e) if api::is_forbidden(&e) => tracing::debug!(region = %cluster.region,
+                error = %e, "the role cannot list services; orphaned services are not swept"),
             Err(e) => tracing::warn!(region = %cluster.region, error = %e,
                 "cannot list job services; orphaned services are not swept"),
         }
@@ -172,6 +184,8 @@ impl KubernetesCompute {
                     }
                 }
             }
+            Err(e) if api::is_forbidden(&e) => tracing::debug!(region = %cluster.region,
+                error = %e, "the role cannot list secrets; orphaned secrets are not swept"),
             Err(e) => tracing::warn!(region = %cluster.region, error = %e,
                 "cannot list job secrets; orphaned secrets are not swept"),
         }
