@@ -421,11 +421,7 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
             // Stopped meanwhile: the transaction is dropped, the blocks stay free.
             return Ok(());
         }
-        sqlx::query("UPDATE runs SET fleet_id = COALESCE(fleet_id, $1) WHERE id = $2")
-            .bind(&inst.fleet_id)
-            .bind(&job.run_id)
-            .execute(&mut *tx)
-            .await?;
+        set_run_fleet(&mut tx, &job.run_id, inst.fleet_id.as_deref()).await?;
         tx.commit().await?;
         tracing::info!(
             job = %job.id,
@@ -441,6 +437,21 @@ async fn assign_instance(engine: &Engine, job: &JobRow, token: &str) -> crate::R
     // Every free instance was taken meanwhile: choose again on a later tick (dstack resets
     // the job's lock for a retry rather than provisioning in a fleet that may not be best).
     tracing::debug!(job = %job.id, "the chosen instances were taken; retrying assignment");
+    Ok(())
+}
+
+/// Records the fleet a run's first placed job went to (later nodes and resubmissions stay
+/// there until the run is unassigned).
+async fn set_run_fleet(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    run_id: &str,
+    fleet_id: Option<&str>,
+) -> crate::Result<()> {
+    sqlx::query("UPDATE runs SET fleet_id = COALESCE(fleet_id, $1) WHERE id = $2")
+        .bind(fleet_id)
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -89,11 +89,7 @@ pub(super) async fn reserve_placeholder(
         // Stopped meanwhile: dropping the transaction drops the placeholder too.
         return Ok(());
     }
-    sqlx::query("UPDATE runs SET fleet_id = COALESCE(fleet_id, $1) WHERE id = $2")
-        .bind(&fleet.id)
-        .bind(&job.run_id)
-        .execute(&mut *tx)
-        .await?;
+    set_run_fleet(&mut tx, &job.run_id, Some(&fleet.id)).await?;
     tx.commit().await?;
     tracing::info!(job = %job.id, fleet = %fleet.name, instance = %format!("{}-{num}", fleet.name),
         "Instance created for job. Instance status: PENDING");
